@@ -1,0 +1,164 @@
+"""The canonical degradation vocabulary: the one list of degradation types lmdir speaks.
+
+Everything that names a degradation — synthetic degradation, manifests, the weight-free analysis,
+the mapping of free MLLM text, the restorer's degradation vector — uses these names, so a label
+written by one stage is understood by every other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+# Order matters: it is the index order of the degradation vector fed to the restorer.
+DEGRADATION_TYPES: tuple[str, ...] = (
+    "clean",
+    "noise",
+    "blur",
+    "jpeg",
+    "low-light",
+    "haze",
+    "rain",
+    "snow",
+    "raindrop",
+    "shadow",
+    "inpainting",
+)
+
+# The restoration task a degradation type asks for (the names the all-in-one papers use).
+TASK_OF_TYPE: dict[str, str] = {
+    "clean": "identity",
+    "noise": "denoise",
+    "blur": "deblur",
+    "jpeg": "dejpeg",
+    "low-light": "lowlight",
+    "haze": "dehaze",
+    "rain": "derain",
+    "snow": "desnow",
+    "raindrop": "deraindrop",
+    "shadow": "deshadow",
+    "inpainting": "inpaint",
+}
+TASKS: tuple[str, ...] = tuple(dict.fromkeys(TASK_OF_TYPE.values()))
+
+# Phrases a captioning/describing model or a user may use for each type. Matched as whole words,
+# longest phrase first, so "raindrops" is not read as "rain".
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "clean": ("clean", "no degradation", "high quality", "sharp and clear", "pristine"),
+    "noise": ("noise", "noisy", "grain", "grainy", "speckle", "speckled", "sensor noise"),
+    "blur": (
+        "blur", "blurry", "blurred", "blurring", "out of focus", "defocus", "defocused",
+        "motion blur", "shaky", "unsharp", "soft focus",
+    ),
+    "jpeg": (
+        "jpeg", "jpg", "compression", "compressed", "blocky", "blockiness", "block artifacts",
+        "compression artifacts", "artifacts", "ringing", "pixelated",
+    ),
+    "low-light": (
+        "low light", "low-light", "lowlight", "dark", "darkness", "underexposed",
+        "under-exposed", "dim", "dimly lit", "night", "poorly lit",
+    ),
+    "haze": ("haze", "hazy", "fog", "foggy", "mist", "misty", "smog", "smoggy"),
+    "rain": ("rain", "rainy", "raining", "rain streaks", "streaks", "rainfall"),
+    "snow": ("snow", "snowy", "snowing", "snowflakes", "snowfall"),
+    "raindrop": ("raindrop", "raindrops", "water droplets", "droplets", "drops on the lens"),
+    "shadow": ("shadow", "shadows", "shadowed"),
+    "inpainting": ("missing region", "missing regions", "masked", "holes", "occluded", "incomplete"),
+}
+
+# Adjectives for a severity in [0, 1]; the bounds are the upper edges of each band.
+SEVERITY_WORDS: tuple[tuple[float, str], ...] = ((0.34, "mild"), (0.67, "moderate"), (1.01, "heavy"))
+
+_NOUN: dict[str, str] = {
+    "clean": "no degradation",
+    "noise": "noise",
+    "blur": "blur",
+    "jpeg": "JPEG compression artifacts",
+    "low-light": "low light",
+    "haze": "haze",
+    "rain": "rain streaks",
+    "snow": "snow",
+    "raindrop": "raindrops",
+    "shadow": "shadows",
+    "inpainting": "missing regions",
+}
+
+
+def check_type(name: str) -> str:
+    """Return ``name`` if it is a canonical type, else raise a ValueError listing the valid ones."""
+    if name not in DEGRADATION_TYPES:
+        raise ValueError(f"unknown degradation type {name!r}; valid types: {', '.join(DEGRADATION_TYPES)}")
+    return name
+
+
+def task_for(types: Sequence[str]) -> str:
+    """The task label of a (possibly composite) degradation: its types' tasks joined by '+'."""
+    real = [t for t in types if t != "clean"]
+    if not real:
+        return TASK_OF_TYPE["clean"]
+    return "+".join(TASK_OF_TYPE[check_type(t)] for t in real)
+
+
+def _phrase_patterns() -> list[tuple[re.Pattern[str], str]]:
+    pairs = [(p, t) for t, phrases in SYNONYMS.items() for p in phrases]
+    pairs.sort(key=lambda pt: -len(pt[0]))
+    return [(re.compile(r"(?<![a-z])" + re.escape(p) + r"(?![a-z])"), t) for p, t in pairs]
+
+
+_PATTERNS = _phrase_patterns()
+_NEGATION = re.compile(r"\b(no|not|without|free of|none)\b[^.,;]*$")
+
+
+def text_to_types(text: str) -> list[str]:
+    """Map free text ("a dark, grainy photo with some rain") onto canonical types.
+
+    Types are returned in order of first mention. A phrase preceded in its clause by a negation
+    ("no noise", "without blur") is not counted. Text naming nothing known maps to ``[]`` — the
+    caller decides whether that means clean or unknown.
+    """
+    lowered = text.lower()
+    consumed = [False] * len(lowered)
+    found: list[tuple[int, str]] = []
+    for pattern, dtype in _PATTERNS:
+        for m in pattern.finditer(lowered):
+            if any(consumed[m.start():m.end()]):
+                continue
+            for i in range(m.start(), m.end()):
+                consumed[i] = True
+            if dtype != "clean" and _NEGATION.search(lowered[: m.start()].split(".")[-1]):
+                continue
+            found.append((m.start(), dtype))
+    found.sort()
+    types = list(dict.fromkeys(t for _, t in found))
+    if len(types) > 1 and "clean" in types:
+        types.remove("clean")
+    return types
+
+
+def severity_word(severity: float) -> str:
+    """'mild', 'moderate' or 'heavy' for a severity in [0, 1]."""
+    for bound, word in SEVERITY_WORDS:
+        if severity < bound:
+            return word
+    return SEVERITY_WORDS[-1][1]
+
+
+def describe(items: Iterable[tuple[str, float, str]]) -> str:
+    """One canonical sentence from (type, severity in [0,1], detail) triples, strongest first.
+
+    ``describe([("rain", .8, ""), ("noise", .2, "σ≈12")])`` → ``"heavy rain streaks, mild noise (σ≈12)"``.
+    """
+    parts = []
+    for dtype, severity, detail in sorted(items, key=lambda x: -x[1]):
+        check_type(dtype)
+        if dtype == "clean":
+            continue
+        text = f"{severity_word(severity)} {_NOUN[dtype]}"
+        parts.append(f"{text} ({detail})" if detail else text)
+    return ", ".join(parts) if parts else "clean"
+
+
+def one_hot(types: Iterable[str]) -> list[float]:
+    """Multi-hot vector over DEGRADATION_TYPES (the order of the restorer's degradation vector)."""
+    chosen = {check_type(t) for t in types}
+    return [1.0 if t in chosen else 0.0 for t in DEGRADATION_TYPES]

@@ -1,0 +1,1 @@
+"""lmdir's restorer: the model, its trainer, evaluation and inference."""
