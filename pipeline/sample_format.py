@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,7 +171,7 @@ def _decode_npz(data: bytes, key: str) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise SampleFormatError(key, EMBEDDINGS_MEMBER, f"not a readable npz without pickles: {e}") from e
 
 

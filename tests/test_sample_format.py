@@ -1,0 +1,110 @@
+import io
+
+import numpy as np
+import pytest
+
+from pipeline import sample_format as sf
+
+
+def make_sample(key="demo_train_cat_0_abc", with_all=True, width=24, height=16):
+    rng = np.random.default_rng(0)
+    lq = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    meta = sf.SampleMeta(
+        key=key, dataset="demo", split="train", task="derain", width=width, height=height,
+        source={"lq": "/data/lq/cat.png", "gt": "/data/gt/cat.png"},
+        degradations=[{"type": "rain", "params": {"kind": "rain", "density": 0.01}}],
+        degradation_text="Rain streaks cover the picture.", degradation_types=["rain"],
+        caption="a cat on a sofa", analysis={"scores": {"rain": 0.9}},
+        provenance={"models": {"describer": {"id": "tiny-mllm", "revision": "abc"}}, "seeds": {"reference": 3}},
+    )
+    emb = {
+        "clip_image": rng.standard_normal(32).astype(np.float16),
+        "caption_tokens": rng.standard_normal((sf.TOKEN_POSITIONS, 16)).astype(np.float16),
+        "caption_length": np.int32(7),
+        "degradation_tokens": rng.standard_normal((sf.TOKEN_POSITIONS, 16)).astype(np.float16),
+        "degradation_length": np.int32(9),
+    }
+    return sf.Sample(meta=meta, lq=lq, gt=lq[::-1].copy() if with_all else None,
+                     ref=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) if with_all else None,
+                     embeddings=emb if with_all else None)
+
+
+def test_encode_decode_round_trips_exactly():
+    sample = make_sample()
+    record = sf.encode_sample(sample)
+    assert set(record) == {"__key__", sf.LQ, sf.GT, sf.REF, sf.META, sf.EMBEDDINGS_MEMBER}
+    back = sf.decode_sample(dict(record, __url__="shard-000000.tar"))
+    assert back.meta == sample.meta
+    for name in ("lq", "gt", "ref"):
+        assert np.array_equal(getattr(back, name), getattr(sample, name))
+    for name, arr in sample.embeddings.items():
+        assert back.embeddings[name].dtype == arr.dtype and np.array_equal(back.embeddings[name], arr)
+    assert sf.encode_sample(back) == record  # same sample, same bytes
+
+
+def test_minimal_sample_has_only_lq_and_json():
+    record = sf.encode_sample(make_sample(with_all=False))
+    assert set(record) == {"__key__", sf.LQ, sf.META}
+    assert sf.decode_sample(record).gt is None
+
+
+def test_keys_are_deterministic_dot_free_and_distinct():
+    a = sf.make_key("rain100l", "test", "sub/rain-001.png")
+    assert a == sf.make_key("rain100l", "test", "sub/rain-001.png") and "." not in a
+    assert a != sf.make_key("rain100l", "test", "sub_rain-001.png")  # sanitises alike, still distinct
+    assert a != sf.make_key("rain100l", "train", "sub/rain-001.png")
+    assert sf.make_key("kodak", "test", "k.png", "noise-sigma-25") != sf.make_key("kodak", "test", "k.png", "noise-sigma-50")
+
+
+def _corrupt(member, value):
+    record = sf.encode_sample(make_sample())
+    if value is None:
+        del record[member]
+    else:
+        record[member] = value
+    return record
+
+
+def _npz(**arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("member, value, reason", [
+    (sf.LQ, None, "missing required member"),
+    (sf.META, b"{not json", "invalid JSON"),
+    (sf.LQ, b"\x89PNG\r\n garbage", "not a readable image"),
+    (sf.GT, sf.encode_sample(make_sample(width=10, height=10))[sf.LQ], "differs from lq shape"),
+    ("extra.txt", b"hello", "unknown member"),
+    (sf.EMBEDDINGS_MEMBER, b"PK\x03\x04 not really a zip", "not a readable npz"),
+    (sf.EMBEDDINGS_MEMBER, _npz(clip_image=np.zeros(4, np.float32)), "missing arrays"),
+    (sf.EMBEDDINGS_MEMBER, _npz(obj=np.array([{"a": 1}], dtype=object)), "not a readable npz"),
+])
+def test_malformed_samples_name_the_key_and_member(member, value, reason):
+    with pytest.raises(sf.SampleFormatError) as err:
+        sf.decode_sample(_corrupt(member, value))
+    assert err.value.key == "demo_train_cat_0_abc" and err.value.member == member
+    assert reason in str(err.value)
+
+
+def test_embedding_shapes_and_dtypes_are_checked():
+    sample = make_sample()
+    sample.embeddings["caption_tokens"] = sample.embeddings["caption_tokens"][:, :8]
+    with pytest.raises(sf.SampleFormatError, match="dimension W is 16, expected 8"):
+        sf.encode_sample(sample)
+    sample = make_sample()
+    sample.embeddings["clip_image"] = sample.embeddings["clip_image"].astype(np.float32)
+    with pytest.raises(sf.SampleFormatError, match="clip_image: expected float16"):
+        sf.encode_sample(sample)
+
+
+def test_other_format_versions_and_mismatched_keys_are_refused():
+    record = sf.encode_sample(make_sample())
+    record[sf.META] = record[sf.META].replace(b'"format_version": 1', b'"format_version": 99')
+    with pytest.raises(sf.SampleFormatError, match="format version 99"):
+        sf.decode_sample(record)
+    record = sf.encode_sample(make_sample())
+    record["__key__"] = "another_key"
+    with pytest.raises(sf.SampleFormatError, match="does not match"):
+        sf.decode_sample(record)

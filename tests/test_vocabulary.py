@@ -1,0 +1,32 @@
+from pipeline import vocabulary as v
+
+
+def test_text_maps_onto_canonical_types_in_order_of_mention():
+    assert v.text_to_types("A dark, grainy photo taken in heavy rain.") == ["low-light", "noise", "rain"]
+    assert v.text_to_types("The image is hazy and slightly out of focus") == ["haze", "blur"]
+    assert v.text_to_types("JPEG compression artifacts, blocky sky") == ["jpeg"]
+
+
+def test_longer_phrases_win_and_negations_are_ignored():
+    assert v.text_to_types("raindrops on the lens") == ["raindrop"]
+    assert v.text_to_types("no noise, but some motion blur") == ["blur"]
+    assert v.text_to_types("The photo is clean and sharp and clear.") == ["clean"]
+    assert v.text_to_types("a cat sitting on a sofa") == []
+
+
+def test_describe_gives_one_canonical_sentence_strongest_first():
+    assert v.describe([("noise", 0.2, "σ≈12"), ("rain", 0.8, "")]) == "heavy rain streaks, mild noise (σ≈12)"
+    assert v.describe([]) == "clean"
+
+
+def test_tasks_and_vectors_follow_the_vocabulary():
+    assert v.task_for(["rain", "noise"]) == "derain+denoise"
+    assert v.task_for(["clean"]) == "identity"
+    vec = v.one_hot(["haze"])
+    assert len(vec) == len(v.DEGRADATION_TYPES) and vec[v.DEGRADATION_TYPES.index("haze")] == 1.0 and sum(vec) == 1
+    try:
+        v.check_type("fog")
+    except ValueError as e:
+        assert "fog" in str(e) and "haze" in str(e)
+    else:
+        raise AssertionError("an unknown type must be refused")
