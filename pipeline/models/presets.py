@@ -1,0 +1,207 @@
+"""Model settings for prior extraction: which models, which revisions, which prompts, how to decode.
+
+The one definition of every model choice. A preset is three frozen dataclasses; a run picks a
+named preset (``tiny``, ``default``, ``quality``) and overrides any field from YAML or the command
+line with ``with_overrides``. Model ids are Hugging Face Hub ids or local folders; ``tiny://NAME``
+names one of the small random models that ``pipeline.models.tiny`` builds offline on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TINY_SCHEME = "tiny://"
+
+DESCRIBE_PROMPT = (
+    "Look at the quality of this photo, not at its content. Which degradations does it show "
+    "(noise, blur, JPEG compression artifacts, low light, haze, rain, snow, raindrops, shadows, "
+    "missing regions), and how strong is each? Answer in one sentence. If it has none, say it is clean."
+)
+CAPTION_PROMPT = (
+    "Describe the scene in this photo in one sentence: the main objects, their colors and the "
+    "setting. Do not mention image quality, noise, blur or other defects."
+)
+# Filled with the weight-free analysis of the same image, when the caller has one.
+HINT_TEMPLATE = "An automatic measurement of this image suggests: {hint}. Check it against what you see."
+# The reference should show the caption's scene without the input's defects.
+REFERENCE_PROMPT = "{caption}, sharp focus, clean, well exposed, high quality photo"
+
+
+@dataclass(frozen=True)
+class MLLMSettings:
+    """An image-text-to-text model (Qwen2.5-VL class) used as degradation describer and captioner."""
+
+    model: str
+    revision: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    max_new_tokens: int = 96
+    describe_prompt: str = DESCRIBE_PROMPT
+    caption_prompt: str = CAPTION_PROMPT
+    hint_template: str = HINT_TEMPLATE
+    # Greedy decoding by default: the same image gives the same text on every run.
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_beams: int = 1
+    seed: int = 0
+    # Bounds on the pixels the vision tower sees after the processor's resize (None: model default).
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """A text-to-image diffusion model that renders a clean reference from the caption."""
+
+    model: str
+    revision: str | None = None
+    variant: str | None = None
+    dtype: str = "auto"
+    steps: int = 4
+    guidance_scale: float = 0.0
+    resolution: int = 512
+    prompt_template: str = REFERENCE_PROMPT
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """An open_clip model: ``model`` is its architecture name, ``pretrained`` a tag or a local file.
+
+    ``config`` is a model-config JSON registered with ``open_clip.add_model_config`` before the
+    model is built, for architectures open_clip does not ship; None uses open_clip's own configs.
+    """
+
+    model: str
+    pretrained: str
+    config: str | None = None
+    dtype: str = "auto"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The three models of one extraction run."""
+
+    name: str
+    mllm: MLLMSettings
+    diffusion: DiffusionSettings
+    clip: ClipSettings
+
+
+def _tiny() -> Preset:
+    return Preset(
+        name="tiny",
+        mllm=MLLMSettings(model=f"{TINY_SCHEME}mllm", max_new_tokens=16,
+                          min_pixels=28 * 28, max_pixels=56 * 56),
+        diffusion=DiffusionSettings(model=f"{TINY_SCHEME}reference", steps=2, resolution=64),
+        clip=ClipSettings(model="lmdir-tiny-clip", pretrained=f"{TINY_SCHEME}clip",
+                         config=f"{TINY_SCHEME}clip_config"),
+    )
+
+
+def _default() -> Preset:
+    return Preset(
+        name="default",
+        mllm=MLLMSettings(model="Qwen/Qwen2.5-VL-3B-Instruct",
+                          min_pixels=256 * 28 * 28, max_pixels=1024 * 28 * 28),
+        diffusion=DiffusionSettings(model="stabilityai/sdxl-turbo", variant="fp16", steps=4,
+                                    guidance_scale=0.0, resolution=512),
+        clip=ClipSettings(model="ViT-L-14", pretrained="openai"),
+    )
+
+
+def _quality() -> Preset:
+    return Preset(
+        name="quality",
+        mllm=MLLMSettings(model="Qwen/Qwen2.5-VL-7B-Instruct",
+                          min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28),
+        diffusion=DiffusionSettings(model="stabilityai/stable-diffusion-xl-base-1.0", variant="fp16",
+                                    steps=30, guidance_scale=5.0, resolution=1024),
+        clip=ClipSettings(model="ViT-L-14", pretrained="openai"),
+    )
+
+
+PRESETS = {"tiny": _tiny, "default": _default, "quality": _quality}
+
+
+def preset(name: str) -> Preset:
+    """The named preset; raises ValueError listing the known names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Turn command-line strings into the field's type; anything else must already have it."""
+    args = typing.get_args(hint)
+    allowed = tuple(a for a in args if a is not type(None)) if args else (hint,)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"{where}: None is not allowed")
+    if isinstance(value, str) and str not in allowed:
+        text = value.strip()
+        if type(None) in args and text.lower() in ("none", "null", ""):
+            return None
+        kind = allowed[0]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                return text.lower() in ("true", "1", "yes")
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{where}: cannot read {value!r} as {kind.__name__}") from None
+    if isinstance(value, bool) and bool not in allowed:
+        raise ValueError(f"{where}: expected {' or '.join(a.__name__ for a in allowed)}, got a bool")
+    if isinstance(value, int) and float in allowed and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, allowed):
+        raise ValueError(f"{where}: expected {' or '.join(a.__name__ for a in allowed)}, "
+                         f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def _override_settings(settings: Any, changes: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(type(settings))
+    names = [f.name for f in dataclasses.fields(settings)]
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(f'{where}.{u}' for u in unknown)}; "
+                         f"{where} has: {', '.join(names)}")
+    typed = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in changes.items()}
+    return dataclasses.replace(settings, **typed)
+
+
+def with_overrides(base: Preset, overrides: Mapping[str, Any]) -> Preset:
+    """A copy of ``base`` with fields replaced.
+
+    ``overrides`` is nested, as YAML gives it (``{"mllm": {"max_new_tokens": 32}}``), or flat with
+    dotted keys, as a command line gives it (``{"mllm.max_new_tokens": "32"}``); strings are read
+    as the field's type. An unknown component or field raises ValueError naming it.
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            component, field_name = key.split(".", 1)
+            nested.setdefault(component, {})[field_name] = value
+        elif isinstance(value, Mapping):
+            nested.setdefault(key, {}).update(value)
+        else:
+            raise ValueError(f"override {key!r} must name a component and a field, e.g. "
+                             f"'mllm.max_new_tokens', or map a component to its fields")
+    components = ("mllm", "diffusion", "clip")
+    unknown = sorted(set(nested) - set(components))
+    if unknown:
+        raise ValueError(f"unknown model component(s) {', '.join(unknown)}; known: {', '.join(components)}")
+    changed = {c: _override_settings(getattr(base, c), nested[c], c) for c in nested}
+    return dataclasses.replace(base, **changed)
+
+
+def as_dict(p: Preset) -> dict[str, Any]:
+    """The resolved settings as plain data, for the run's config file and the index."""
+    return dataclasses.asdict(p)
