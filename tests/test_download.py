@@ -7,6 +7,7 @@ test_download_shard_cache.py.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -66,7 +67,8 @@ class Mirror:
 
     cut_after[name] = n: the next response for that file stops after n body bytes and the
     connection is closed (once). tampered: names served with one byte changed. down: every
-    request gets 503. requests records (method, path, Range header) of every request.
+    request gets 503. ignore_range: Range headers are ignored (200 with the whole file).
+    requests records (method, path, Range header) of every request.
     """
 
     def __init__(self, files: dict[str, bytes]):
@@ -74,6 +76,7 @@ class Mirror:
         self.cut_after: dict[str, int] = {}
         self.tampered: set[str] = set()
         self.down = False
+        self.ignore_range = False
         self.requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -111,6 +114,8 @@ class Mirror:
             middle = len(data) // 2
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
         start = 0
+        if self.ignore_range:
+            range_header = None
         if range_header:
             start = int(range_header.removeprefix("bytes=").split("-")[0])
             if start >= len(data):
@@ -245,6 +250,56 @@ def test_part_file_left_by_an_earlier_run_is_resumed(extraction, mirrors, tmp_pa
     assert (dest / shard.name).read_bytes() == (extraction / shard.name).read_bytes()
 
 
+def test_server_ignoring_range_is_read_from_the_start(extraction, mirrors, tmp_path):
+    mirror = mirrors[0]
+    mirror.ignore_range = True
+    manifest = manifest_for(extraction, mirror.url)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "000000.tar.part").write_bytes((extraction / "000000.tar").read_bytes()[:5000])
+
+    report = download(manifest, dest, shards=[0], options=FAST)
+
+    assert report.downloaded == ("000000.tar",) and report.rejected == ()
+    assert mirror.ranges("000000.tar") == ["bytes=5000-"]
+    assert (dest / "000000.tar").read_bytes() == (extraction / "000000.tar").read_bytes()
+
+
+def test_verify_replaces_a_local_file_that_no_longer_matches(extraction, mirrors, tmp_path):
+    mirror = mirrors[0]
+    manifest = manifest_for(extraction, mirror.url)
+    dest = tmp_path / "dest"
+    assert download(manifest, dest, options=FAST).ok
+    damaged = bytearray((dest / "000001.tar").read_bytes())
+    damaged[100] ^= 0xFF
+    (dest / "000001.tar").write_bytes(bytes(damaged))
+    mirror.requests.clear()
+
+    assert len(download(manifest, dest, options=FAST).present) == 3
+    assert mirror.requests == [], "without verify, a file of the right size is trusted"
+    report = download(manifest, dest, options=dataclasses.replace(FAST, verify=True))
+
+    assert report.downloaded == ("000001.tar",) and len(report.present) == 2
+    assert report.rejected[0].source == str(dest / "000001.tar")
+    assert (dest / "000001.tar").read_bytes() == (extraction / "000001.tar").read_bytes()
+
+
+def test_two_downloaders_sharing_a_directory_fetch_each_shard_once(extraction, mirrors, tmp_path):
+    mirror = mirrors[0]
+    manifest = manifest_for(extraction, mirror.url)
+    reports = []
+    threads = [threading.Thread(target=lambda: reports.append(download(manifest, tmp_path / "dest", options=FAST)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert len(reports) == 2 and all(r.ok for r in reports)
+    assert sum(len(r.downloaded) for r in reports) == 3
+    assert len(shard_requests(mirror)) == 3
+
+
 def test_stale_part_that_breaks_the_digest_is_refetched_from_zero(extraction, mirrors, tmp_path):
     mirror = mirrors[0]
     manifest = manifest_for(extraction, mirror.url)
@@ -290,6 +345,18 @@ def test_tampered_mirror_falls_over_to_a_good_one(extraction, mirrors, tmp_path)
     assert all(r.source.startswith(bad.url) for r in report.rejected)
     for s in manifest.shards:
         assert (tmp_path / "dest" / s.name).read_bytes() == (extraction / s.name).read_bytes()
+
+
+def test_missing_file_moves_to_the_next_mirror_without_retrying(extraction, mirrors, tmp_path):
+    partial, good = mirrors
+    del partial.files["000001.tar"]
+    manifest = manifest_for(extraction, partial.url, good.url)
+
+    report = download(manifest, tmp_path / "dest", options=FAST)
+
+    assert report.ok and len(report.downloaded) == 3
+    assert partial.ranges("000001.tar") == [None] and good.ranges("000001.tar") == [None]
+    assert good.ranges("000000.tar") == []
 
 
 def test_refused_connection_moves_to_the_next_mirror(extraction, mirrors, tmp_path):
@@ -403,6 +470,10 @@ def test_check_tar_refuses_oversized_members_and_non_tars(tmp_path):
     assert check_tar(path).samples == 1
 
     path.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(UnsafeTarError, match="not a readable uncompressed tar"):
+        check_tar(path)
+
+    path.write_bytes(gzip.compress(_tar_bytes(_member("a.json"))))
     with pytest.raises(UnsafeTarError, match="not a readable uncompressed tar"):
         check_tar(path)
 
