@@ -29,6 +29,9 @@ CAPTION_PROMPT = (
 HINT_TEMPLATE = "An automatic measurement of this image suggests: {hint}. Check it against what you see."
 # The reference should show the caption's scene without the input's defects.
 REFERENCE_PROMPT = "{caption}, sharp focus, clean, well exposed, high quality photo"
+# OpenAI's CLIP weights were trained with QuickGELU; open_clip's plain "ViT-L-14" config uses GELU
+# and only warns about the mismatch, so the preset names the matching config.
+OPENAI_VIT_L_14 = "ViT-L-14-quickgelu"
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def _default() -> Preset:
                           min_pixels=256 * 28 * 28, max_pixels=1024 * 28 * 28),
         diffusion=DiffusionSettings(model="stabilityai/sdxl-turbo", variant="fp16", steps=4,
                                     guidance_scale=0.0, resolution=512),
-        clip=ClipSettings(model="ViT-L-14", pretrained="openai"),
+        clip=ClipSettings(model=OPENAI_VIT_L_14, pretrained="openai"),
     )
 
 
@@ -121,7 +124,7 @@ def _quality() -> Preset:
                           min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28),
         diffusion=DiffusionSettings(model="stabilityai/stable-diffusion-xl-base-1.0", variant="fp16",
                                     steps=30, guidance_scale=5.0, resolution=1024),
-        clip=ClipSettings(model="ViT-L-14", pretrained="openai"),
+        clip=ClipSettings(model=OPENAI_VIT_L_14, pretrained="openai"),
     )
 
 
@@ -143,10 +146,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if type(None) in args:
             return None
         raise ValueError(f"{where}: None is not allowed")
+    if isinstance(value, str) and type(None) in args and value.strip().lower() in ("none", "null"):
+        return None
     if isinstance(value, str) and str not in allowed:
         text = value.strip()
-        if type(None) in args and text.lower() in ("none", "null", ""):
-            return None
         kind = allowed[0]
         try:
             if kind is bool:

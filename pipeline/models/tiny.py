@@ -149,7 +149,12 @@ def _clip_bpe_vocab() -> dict[str, int]:
 
 
 def _build_reference(out: Path) -> None:
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab = _clip_bpe_vocab()

@@ -1,0 +1,133 @@
+"""The multimodal LLM stage: it says what is wrong with an image, and what the image shows.
+
+One loaded image-text-to-text model (Qwen2.5-VL class) serves both questions. Prompts go through
+the processor's own chat template, images through its own image processor, and the text is
+whatever the model generates; nothing is post-edited here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.models import tiny
+from pipeline.models.device import dtype_name, hub_kwargs, pick_device, pick_dtype
+from pipeline.models.presets import MLLMSettings
+from pipeline.models.sources import describe_source
+
+
+def check_images(images: Sequence[np.ndarray], what: str) -> None:
+    """Raise ValueError naming the first input that is not a uint8 (H, W, 3) array."""
+    if len(images) == 0:
+        raise ValueError(f"{what}: no images given")
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            raise ValueError(f"{what}: image {i} must be a uint8 (H, W, 3) array, got {got}")
+
+
+class MLLM:
+    """A loaded image-text-to-text model with its processor; build it with ``load_mllm``."""
+
+    def __init__(self, settings: MLLMSettings, processor: Any, model: Any, device: torch.device,
+                 source: dict):
+        self.settings = settings
+        self.processor = processor
+        self.model = model
+        self.device = device
+        self.source = source
+
+    def _prompt(self, text: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _size(self) -> dict | None:
+        s = self.settings
+        if s.min_pixels is None and s.max_pixels is None:
+            return None
+        size = dict(self.processor.image_processor.size)
+        if s.min_pixels is not None:
+            size["shortest_edge"] = s.min_pixels
+        if s.max_pixels is not None:
+            size["longest_edge"] = s.max_pixels
+        return size
+
+    @torch.inference_mode()
+    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
+        """One answer per (image, prompt) pair, generated in one batch."""
+        check_images(images, "MLLM")
+        if len(prompts) != len(images):
+            raise ValueError(f"MLLM: {len(images)} images but {len(prompts)} prompts")
+        s = self.settings
+        size = self._size()
+        inputs = self.processor(
+            text=[self._prompt(p) for p in prompts], images=[Image.fromarray(img) for img in images],
+            padding=True, return_tensors="pt", **({"size": size} if size else {}),
+        ).to(self.device)
+        sampling = {"temperature": s.temperature, "top_p": s.top_p} if s.do_sample else {}
+        if s.do_sample:
+            # One seed per batch: sampled text then depends on the batch it was drawn in.
+            torch.manual_seed(s.seed)
+        out = self.model.generate(**inputs, max_new_tokens=s.max_new_tokens, do_sample=s.do_sample,
+                                  num_beams=s.num_beams, **sampling)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def describe(self, images: Sequence[np.ndarray], hints: Sequence[str | None] | None = None) -> list[str]:
+        """What is wrong with each image, in the model's words.
+
+        ``hints`` (one per image, None or "" for none) is the weight-free analysis's reading of the
+        same image; it is put into the prompt for the model to check, not copied to the answer.
+        """
+        if hints is not None and len(hints) != len(images):
+            raise ValueError(f"MLLM describe: {len(images)} images but {len(hints)} hints")
+        prompts = []
+        for i in range(len(images)):
+            hint = hints[i] if hints is not None else None
+            prompt = self.settings.describe_prompt
+            if hint:
+                prompt = f"{self.settings.hint_template.format(hint=hint)} {prompt}"
+            prompts.append(prompt)
+        return self.generate(images, prompts)
+
+    def caption(self, images: Sequence[np.ndarray]) -> list[str]:
+        """What each image shows: the scene content, not its quality."""
+        return self.generate(images, [self.settings.caption_prompt] * len(images))
+
+    def provenance(self) -> dict:
+        """Model, exact weights, dtype, prompts and generation settings, for every sample's json."""
+        s = self.settings
+        return {
+            **self.source,
+            "class": type(self.model).__name__,
+            "dtype": dtype_name(self.model.dtype),
+            "attn_implementation": s.attn_implementation,
+            "prompts": {"describe": s.describe_prompt, "caption": s.caption_prompt, "hint": s.hint_template},
+            "generation": {"max_new_tokens": s.max_new_tokens, "do_sample": s.do_sample,
+                           "temperature": s.temperature, "top_p": s.top_p, "num_beams": s.num_beams,
+                           "seed": s.seed},
+            "pixels": {"min": s.min_pixels, "max": s.max_pixels},
+        }
+
+
+def load_mllm(settings: MLLMSettings) -> MLLM:
+    """Load processor and model with transformers' Auto classes, on the best device, in eval mode."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = tiny.resolve(settings.model)
+    device = pick_device()
+    dtype = pick_dtype(settings.dtype, device)
+    hub = hub_kwargs(settings.revision)
+    processor = AutoProcessor.from_pretrained(path, **hub)
+    # Batched generation with a decoder-only model needs the padding on the left, so that every
+    # row's last position is its prompt's last token.
+    processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, attn_implementation=settings.attn_implementation, **hub,
+    ).to(device).eval()
+    return MLLM(settings, processor, model, device, describe_source(settings.model, settings.revision, "config.json"))

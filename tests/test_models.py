@@ -1,0 +1,181 @@
+"""The extraction models, as the pipeline uses them: tiny random models of the real classes, built
+offline, loaded back through the real loaders and run on real test images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.image_files import load_rgb
+from pipeline.models import tiny
+from pipeline.models.clip import load_clip
+from pipeline.models.mllm import load_mllm
+from pipeline.models.presets import preset, with_overrides
+from pipeline.models.reference import load_reference
+from pipeline.sample_format import TOKEN_POSITIONS, check_embeddings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A fresh tiny-model cache that the ``tiny://`` ids resolve to, with torch on one thread
+    (these models are too small to gain from threads, and threads contend on a busy machine)."""
+    cache = tmp_path_factory.mktemp("lmdir-cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMDIR_CACHE", str(cache))
+        tiny.ensure_tiny()
+        yield cache / "tiny"
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(shared_data):
+    return [load_rgb(str(shared_data / "deblur" / "Set3C" / name)).pixels
+            for name in ("butterfly.png", "starfish.png")]
+
+
+def test_concurrent_builds_give_one_copy_with_identical_weights(tiny_cache, tmp_path):
+    # Two processes build into one empty cache at once; both must succeed and agree.
+    out = tmp_path / "shared-cache"
+    cmd = [sys.executable, "-m", "pipeline.models.tiny", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    for _, stderr, rc in results:
+        assert rc == 0, stderr
+    assert results[0][0] == results[1][0]
+    assert sorted(p.name for p in out.iterdir()) == [f"v{tiny.TINY_VERSION}"]
+    # Seeded: a build elsewhere (the fixture's) has the very same files, byte for byte.
+    ours = json.loads((tiny_cache / f"v{tiny.TINY_VERSION}" / tiny.MANIFEST).read_text())
+    theirs = json.loads((out / f"v{tiny.TINY_VERSION}" / tiny.MANIFEST).read_text())
+    assert ours == theirs
+    assert any(name.endswith("model.safetensors") for name in ours["files"])
+
+
+def test_ensure_tiny_reuses_a_finished_build(tiny_cache):
+    paths = tiny.ensure_tiny(tiny_cache)
+    stamp = paths["clip"].stat().st_mtime_ns
+    assert tiny.ensure_tiny(tiny_cache) == paths
+    assert paths["clip"].stat().st_mtime_ns == stamp
+    assert (paths["mllm"] / "config.json").is_file() and (paths["reference"] / "model_index.json").is_file()
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        tiny.resolve("tiny://nope")
+
+
+def test_mllm_describes_and_captions_real_images(tiny_cache, images):
+    mllm = load_mllm(preset("tiny").mllm)
+    assert type(mllm.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+
+    described = mllm.describe(images, hints=["strong noise (sigma 25)", None])
+    captions = mllm.caption(images)
+    for texts in (described, captions):
+        assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+    # Greedy decoding: the same inputs give the same text again.
+    assert mllm.describe(images, hints=["strong noise (sigma 25)", None]) == described
+    # The text comes from the model looking at the image: different images, different text.
+    assert captions[0] != captions[1]
+    # A single image works on its own (the stage retries sample by sample after a failed batch).
+    assert len(mllm.caption(images[1:])) == 1
+
+    prov = mllm.provenance()
+    assert prov["model"] == "tiny://mllm" and prov["resolved"].startswith("tiny-sha256:")
+    assert prov["generation"]["max_new_tokens"] == 16 and prov["generation"]["do_sample"] is False
+    assert prov["prompts"]["describe"] == mllm.settings.describe_prompt
+
+
+def test_mllm_rejects_bad_inputs_by_position(tiny_cache, images):
+    mllm = load_mllm(preset("tiny").mllm)
+    with pytest.raises(ValueError, match="image 1 must be a uint8"):
+        mllm.caption([images[0], images[1].astype(np.float32)])
+    with pytest.raises(ValueError, match="2 images but 1 hints"):
+        mllm.describe(images, hints=["noise"])
+
+
+def test_reference_is_seeded_per_sample(tiny_cache):
+    ref = load_reference(preset("tiny").diffusion)
+    assert type(ref.pipe).__name__ == "StableDiffusionPipeline"
+    captions = ["a butterfly on a flower", "a starfish on the beach"]
+    a = ref.render(captions, seeds=[7, 8])
+    assert [img.shape for img in a] == [(64, 64, 3)] * 2 and all(img.dtype == np.uint8 for img in a)
+    again = ref.render(captions, seeds=[7, 8])
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(a, again))
+    other_seed = ref.render(captions[:1], seeds=[9])[0]
+    assert other_seed.tobytes() != a[0].tobytes()
+    # The same sample alone: same starting noise, so the same picture up to float summation order.
+    alone = ref.render(captions[:1], seeds=[7])[0]
+    assert np.abs(alone.astype(int) - a[0].astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="2 captions but 1 seeds"):
+        ref.render(captions, seeds=[1])
+    prov = ref.provenance()
+    assert prov["steps"] == 2 and prov["guidance_scale"] == 0.0 and prov["scheduler"] == "EulerDiscreteScheduler"
+
+
+def test_clip_embeddings_match_the_sample_format(tiny_cache, images):
+    clip = load_clip(preset("tiny").clip)
+    image_emb = clip.embed_images(images)
+    assert image_emb.shape == (2, clip.image_dim) and image_emb.dtype == np.float16
+    assert np.allclose(np.linalg.norm(image_emb.astype(np.float32), axis=1), 1.0, atol=1e-2)
+
+    texts = ["a butterfly on a flower", "strong noise and slight blur", "", "rain " * 200]
+    tokens, lengths = clip.embed_text_tokens(texts)
+    assert tokens.shape == (4, TOKEN_POSITIONS, clip.token_dim) and tokens.dtype == np.float16
+    assert lengths.dtype == np.int32
+    # Start and end tokens count; an empty text is just those two; a long one is cut at 77.
+    assert lengths[2] == 2 and lengths[3] == TOKEN_POSITIONS and 2 < lengths[0] < TOKEN_POSITIONS
+    for row, n in zip(tokens, lengths):
+        assert not row[n:].any() and np.abs(row[:n]).sum(axis=1).min() > 0
+    # A text's tokens do not depend on its batch-mates.
+    alone, _ = clip.embed_text_tokens(texts[:1])
+    assert np.allclose(alone[0].astype(np.float32), tokens[0].astype(np.float32), atol=1e-2)
+
+    check_embeddings({
+        "clip_image": image_emb[0],
+        "caption_tokens": tokens[0], "caption_length": lengths[0],
+        "degradation_tokens": tokens[1], "degradation_length": lengths[1],
+    }, key="example")
+    assert clip.provenance()["resolved"].startswith("tiny-sha256:")
+
+
+def test_presets_name_the_intended_models():
+    default, quality = preset("default"), preset("quality")
+    assert default.mllm.model == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert default.diffusion.model == "stabilityai/sdxl-turbo" and default.diffusion.guidance_scale == 0.0
+    assert 1 <= default.diffusion.steps <= 4
+    assert default.clip.model.startswith("ViT-L-14") and default.clip.pretrained == "openai"
+    assert quality.mllm.model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert quality.diffusion.model == "stabilityai/stable-diffusion-xl-base-1.0"
+    with pytest.raises(ValueError, match="known presets: tiny, default, quality"):
+        preset("huge")
+
+
+def test_every_field_can_be_overridden_and_typos_are_errors():
+    base = preset("default")
+    changed = with_overrides(base, {
+        "mllm": {"max_new_tokens": 32, "revision": "abc123"},   # as YAML gives it
+        "diffusion.steps": "2",                                  # as a command line gives it
+        "diffusion.guidance_scale": 1,
+        "clip.config": "none",
+    })
+    assert changed.mllm.max_new_tokens == 32 and changed.mllm.revision == "abc123"
+    assert changed.diffusion.steps == 2 and changed.diffusion.guidance_scale == 1.0
+    assert changed.clip.config is None
+    assert base.mllm.max_new_tokens == 96  # the preset itself is untouched
+    with pytest.raises(ValueError, match="unknown setting.*mllm.max_tokens"):
+        with_overrides(base, {"mllm.max_tokens": 8})
+    with pytest.raises(ValueError, match="unknown model component.*vae"):
+        with_overrides(base, {"vae": {"steps": 1}})
+    with pytest.raises(ValueError, match="diffusion.steps: cannot read 'many' as int"):
+        with_overrides(base, {"diffusion.steps": "many"})
+    with pytest.raises(ValueError, match="mllm.do_sample: expected bool"):
+        with_overrides(base, {"mllm.do_sample": 3})
