@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     args = parser.parse_args(argv)
 
+    # HF_ENDPOINT is huggingface_hub's own setting for a self-hosted Hub; its URLs are the mirrors.
+    endpoint = os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT
     base_urls = list(args.base_url)
     if args.to_hub:
-        base_urls += [u for u in hub_base_urls(args.to_hub) if u not in base_urls]
+        base_urls += [u for u in hub_base_urls(args.to_hub, endpoint) if u not in base_urls]
     if not base_urls:
         parser.error("give at least one --base-url (or --to-hub REPO)")
     try:
@@ -185,11 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out}: {manifest.name}, {len(manifest.shards)} shards, {manifest.total_samples} samples, "
           f"{manifest.total_bytes} bytes, mirrors {', '.join(manifest.base_urls)}")
     if args.to_hub:
-        from huggingface_hub.errors import HfHubHTTPError
+        from huggingface_hub import errors as hub_errors
 
+        # huggingface_hub >= 1.0 raises httpx errors (errors.HTTPError); older releases raised
+        # requests' errors, which are OSErrors.
+        upload_errors = (OSError, getattr(hub_errors, "HTTPError", OSError))
         try:
-            upload = upload_to_hub(args.directory, manifest, args.to_hub, private=args.private)
-        except (HfHubHTTPError, OSError) as e:
+            upload = upload_to_hub(args.directory, manifest, args.to_hub, private=args.private,
+                                   endpoint=endpoint)
+        except upload_errors as e:
             print(f"error: upload to the Hub dataset {args.to_hub} failed: {e}", file=sys.stderr)
             return 1
         print(f"uploaded {len(upload.files)} files to {args.to_hub}: {' '.join(upload.commit_urls)}")

@@ -15,7 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from pipeline.publish import MANIFEST_NAME, build_manifest, hub_base_urls, main, upload_to_hub
 from pipeline.published import load_manifest
-from tests.test_download import write_extraction
+from tests.test_download import closed_port_url, write_extraction
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -193,3 +193,29 @@ def test_example_manifest_pins_the_fixture_shards(extraction):
     # The example's digests are real: those of the shards write_extraction makes.
     example = load_manifest(EXAMPLES / "example-demo.json")
     assert example.shards == build_manifest(extraction, ["https://x.invalid/a"], license="MIT").shards
+
+
+def test_publish_to_hub_reports_a_failed_upload_and_keeps_the_manifest(extraction, monkeypatch, capsys):
+    hub = _HubEndpoint()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    try:
+        code = main([str(extraction), "--to-hub", "lmdir/demo-priors", "--license", "other"])
+    finally:
+        hub.stop()
+
+    assert code == 1
+    assert "upload to the Hub dataset lmdir/demo-priors failed" in capsys.readouterr().err
+    manifest = load_manifest(extraction / MANIFEST_NAME)
+    assert manifest.base_urls == tuple(hub_base_urls("lmdir/demo-priors", hub.url))
+    assert [p for _, p, _ in hub.requests][:2] == ["/api/repos/create",
+                                                   "/api/datasets/lmdir/demo-priors/preupload/main"]
+
+
+def test_publish_to_an_unreachable_hub_fails_cleanly(extraction, monkeypatch, capsys):
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url().removesuffix("/set"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+
+    assert main([str(extraction), "--to-hub", "lmdir/demo-priors", "--license", "other"]) == 1
+
+    assert "upload to the Hub dataset lmdir/demo-priors failed" in capsys.readouterr().err
