@@ -70,9 +70,9 @@ def build_manifest(directory: str | Path, base_urls: list[str], license: str, na
     models = {}
     for role, ref in index["models"].items():
         if not isinstance(ref, dict) or not isinstance(ref.get("id"), str):
-            raise PublishError(f"{index_path}: models.{role}: expected {{\"id\": ..., \"revision\": ...}}, "
-                               f"got {ref!r:.80}")
-        models[role] = ModelRef(id=ref["id"], revision=ref.get("revision"))
+            raise PublishError(f"{index_path}: models.{role}: expected {{\"id\": ..., \"revision\": ..., "
+                               f"\"commit\": ...}}, got {ref!r:.80}")
+        models[role] = ModelRef(id=ref["id"], revision=ref.get("revision"), commit=ref.get("commit"))
     manifest = PublishedSet(
         name=name or index["name"],
         description=description,

@@ -69,10 +69,12 @@ class ShardEntry:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model used to make the priors, by hub id (or local name) and revision."""
+    """A model used to make the priors: hub id (or local name), the revision asked for, and the
+    commit (or weights fingerprint) actually loaded, when known."""
 
     id: str
     revision: str | None
+    commit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class PublishedSet:
             "provenance": {
                 "presets": list(self.provenance.presets),
                 "config_hashes": list(self.provenance.config_hashes),
-                "models": {role: {"id": m.id, "revision": m.revision}
+                "models": {role: {"id": m.id, "revision": m.revision, "commit": m.commit}
                            for role, m in sorted(self.provenance.models.items())},
                 "lmdir_version": self.provenance.lmdir_version,
             },
@@ -289,6 +291,9 @@ class _Validator:
             raise self.fail(field, "contains control characters")
         return value
 
+    def optional_text(self, value: Any, field: str) -> str | None:
+        return None if value is None else self.text(value, field, MAX_TEXT_LENGTH)
+
     def pattern(self, value: Any, field: str, regex: re.Pattern[str], what: str) -> str:
         text = self.text(value, field, MAX_TEXT_LENGTH)
         if not regex.fullmatch(text):
@@ -334,11 +339,10 @@ class _Validator:
         for role, ref in sorted(roles.items()):
             where = f"{field}.models.{role}"
             self.text(role, where, 64)
-            ref = self.object(ref, where, required={"id", "revision"})
-            revision = ref["revision"]
-            models[role] = ModelRef(
-                id=self.text(ref["id"], f"{where}.id", MAX_TEXT_LENGTH),
-                revision=None if revision is None else self.text(revision, f"{where}.revision", MAX_TEXT_LENGTH))
+            ref = self.object(ref, where, required={"id", "revision", "commit"})
+            models[role] = ModelRef(id=self.text(ref["id"], f"{where}.id", MAX_TEXT_LENGTH),
+                                    revision=self.optional_text(ref["revision"], f"{where}.revision"),
+                                    commit=self.optional_text(ref["commit"], f"{where}.commit"))
         version = self.text(obj["lmdir_version"], f"{field}.lmdir_version", 64)
         return Provenance(presets=presets, config_hashes=hashes, models=models, lmdir_version=version)
 

@@ -55,7 +55,8 @@ def write_extraction(directory: Path, shards: int = 3, per_shard: int = 3, size:
         (directory / f"{s:06d}_status.parquet").write_bytes(b"not published")
     index = {"format_version": 1, "name": "demo", "preset": "tiny", "config_hash": "0123abcd" * 8,
              "samples": shards * per_shard, "failed": 0, "shards": entries,
-             "models": {"describer": {"id": "tiny/describer", "revision": "abc123"},
+             "models": {"describer": {"id": "tiny/describer", "revision": "main", "commit": "abc123",
+                                      "dtype": "float32"},
                         "clip": {"id": "tiny/clip", "revision": None}},
              "embedding_dims": {"E": 512, "W": 512}}
     (directory / "index.json").write_text(json.dumps(index))

@@ -44,8 +44,10 @@ def test_publish_writes_a_manifest_that_pins_every_shard(extraction, capsys):
                                                  "s3://lmdir-mirror/demo/000000.tar"]
     assert manifest.provenance.presets == ("tiny",)
     assert manifest.provenance.config_hashes == (index["config_hash"],)
-    assert manifest.provenance.models["describer"].revision == "abc123"
+    assert manifest.provenance.models["describer"].revision == "main"
+    assert manifest.provenance.models["describer"].commit == "abc123"
     assert manifest.provenance.models["clip"].revision is None
+    assert manifest.provenance.models["clip"].commit is None
     assert manifest.embedding_dims == {"E": 512, "W": 512}
     assert manifest.total_samples == 9
     assert "3 shards, 9 samples" in capsys.readouterr().out
@@ -79,6 +81,7 @@ REFUSALS = {
     "missing": (lambda d: (d / "000002.tar").unlink(), "000002.tar: listed in index.json but missing"),
     "samples": (lambda d: _edit_index(d, lambda i: i["shards"][0].update(samples=4)),
                 "holds 3 samples, index.json says 4"),
+    "model-without-id": (lambda d: _edit_index(d, lambda i: i["models"]["clip"].pop("id")), "models.clip: expected"),
     "path": (lambda d: _edit_index(d, lambda i: i["shards"][0].update(name="../000000.tar")),
              "shards[0].name: '../000000.tar' is not a plain shard file name"),
     "no-index": (lambda d: (d / "index.json").unlink(), "index.json: not found"),
