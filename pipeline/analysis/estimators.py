@@ -1,0 +1,314 @@
+"""Classical no-reference estimators, one small function per degradation cue.
+
+Every function takes float32 pixels on the 0..255 scale — RGB ``(H, W, 3)`` or luminance
+``(H, W)`` — and returns plain floats. None of them needs weights: they are the measurements the
+classifier in ``classifier.py`` combines, and their parameters (σ, JPEG quality, edge width,
+transmission …) are reported to users as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import cv2
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+
+# BT.601 luma, the weights JPEG itself uses, so that the DCT analysis sees JPEG's own Y plane.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+# The IJG (libjpeg) base luminance table (Annex K of the JPEG standard), natural order.
+IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61,
+    12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77,
+    24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101,
+    72, 92, 95, 98, 112, 100, 103, 99,
+], np.float64).reshape(8, 8)
+
+# Low-frequency DCT positions: they keep enough non-zero coefficients even at quality 10.
+_JPEG_POSITIONS = ((0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0), (1, 2), (2, 1), (2, 2), (0, 3), (3, 0))
+_STEP_BIN = 0.25
+_STEP_MAX_VALUE = 320.0
+_STEP_CANDIDATES = np.arange(2, 161)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luma of float RGB pixels."""
+    return cv2.transform(rgb, LUMA[None, :])
+
+
+# --- noise ---------------------------------------------------------------------------------------
+
+def noise_sigma(rgb: np.ndarray, patch: int = 6, stride: int = 4) -> float:
+    """Per-channel Gaussian noise σ by PCA of image patches (Chen, Zhu & Heng, ICCV 2015).
+
+    Clean image content lives in a few principal directions of the patch space; the remaining
+    eigenvalues of the patch covariance all equal σ². The estimate is the mean of the largest set
+    of smallest eigenvalues whose mean equals its median, which textured images do not bias the
+    way a wavelet-MAD estimate is biased.
+    """
+    windows = sliding_window_view(rgb, (patch, patch), axis=(0, 1))[::stride, ::stride]
+    x = windows.reshape(-1, rgb.shape[2] * patch * patch)
+    x = x - x.mean(axis=0)
+    eig = np.sort(np.linalg.eigvalsh((x.T @ x).astype(np.float64) / len(x)))
+    eig = np.clip(eig, 0.0, None)
+    for m in range(len(eig), 0, -1):
+        tail = eig[:m]
+        tau = tail.mean()
+        if np.sum(tail > tau) >= np.sum(tail < tau):
+            return float(np.sqrt(tau))
+    return float(np.sqrt(eig[0]))
+
+
+# --- JPEG ----------------------------------------------------------------------------------------
+
+def ijg_table(quality: int) -> np.ndarray:
+    """The luminance quantisation table libjpeg (and so PIL, OpenCV) writes at ``quality``."""
+    q = min(max(int(quality), 1), 100)
+    scale = 5000 / q if q < 50 else 200 - 2 * q
+    return np.clip(np.floor((IJG_LUMA * scale + 50) / 100), 1, 255)
+
+
+@functools.lru_cache(maxsize=1)
+def _ijg_tables() -> np.ndarray:
+    return np.stack([ijg_table(q) for q in range(1, 101)])
+
+
+def quality_from_table(table: np.ndarray) -> float:
+    """The IJG quality whose luminance table is closest (in log step) to an 8×8 ``table``."""
+    tables = _ijg_tables()
+    err = np.abs(np.log(tables) - np.log(np.clip(table, 1, None))[None]).mean(axis=(1, 2))
+    return float(np.argmin(err) + 1)
+
+
+def quality_from_jpeg_bytes(data: bytes) -> float | None:
+    """JPEG quality read from the file's own luminance quantisation table; None if not a JPEG."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format != "JPEG" or not getattr(im, "quantization", None):
+                return None
+            table = np.asarray(im.quantization[0], np.float64)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if table.size != 64:
+        return None
+    # PIL gives the table in natural (row-major) order since Pillow 8.
+    return quality_from_table(table.reshape(8, 8))
+
+
+def block_grid(y: np.ndarray) -> tuple[float, int, int]:
+    """JPEG blockiness: (ratio, row offset, column offset) of the strongest 8-periodic edge grid.
+
+    The ratio compares the mean absolute step across the most active column (row) phase to the
+    median of the other phases; 1.0 means no block grid.
+    """
+    dx = np.abs(np.diff(y, axis=1)).mean(axis=0)
+    dy = np.abs(np.diff(y, axis=0)).mean(axis=1)
+    ratios, offsets = [], []
+    for d in (dy, dx):
+        n = len(d) // 8 * 8
+        folded = d[:n].reshape(-1, 8).mean(axis=0)
+        phase = int(np.argmax(folded))
+        ratios.append(folded[phase] / max(float(np.median(folded)), 1e-3))
+        offsets.append((phase + 1) % 8)
+    return float(np.mean(ratios)), offsets[0], offsets[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _dct_matrix() -> np.ndarray:
+    k = np.arange(8)
+    d = np.cos((2 * k[None, :] + 1) * k[:, None] * np.pi / 16) * np.sqrt(2 / 8)
+    d[0] /= np.sqrt(2)
+    return d.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _phasors() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per candidate step: the phasors outside the zero bin, that mask, and both smoothed over one
+    period (a one-period box average removes a lattice of that period, keeping everything else)."""
+    nbins = int(_STEP_MAX_VALUE / _STEP_BIN)
+    centres = (np.arange(nbins) + 0.5) * _STEP_BIN
+    q = _STEP_CANDIDATES[:, None].astype(np.float64)
+    keep = (centres[None, :] >= q / 2).astype(np.float64)  # the zero bin says nothing about the step
+    phasors = np.exp(2j * np.pi * centres[None, :] / q) * keep
+    half = np.rint(q / _STEP_BIN / 2).astype(np.int64)
+    i = np.arange(nbins)[None, :]
+    lo, hi = np.clip(i - half, 0, nbins), np.clip(i + half, 0, nbins)
+    rows = np.arange(len(q))[:, None]
+
+    def box(f: np.ndarray) -> np.ndarray:
+        cum = np.concatenate([np.zeros((len(q), 1), f.dtype), np.cumsum(f, axis=1)], axis=1)
+        return (cum[rows, hi] - cum[rows, lo]) / np.maximum(hi - lo, 1)
+
+    return (phasors.astype(np.complex64), keep.astype(np.float32),
+            box(phasors).astype(np.complex64), box(keep).astype(np.float32))
+
+
+def dct_step_scores(y: np.ndarray, row0: int = 0, col0: int = 0) -> np.ndarray:
+    """Periodicity score of each candidate quantisation step at each low-frequency DCT position.
+
+    A decoded JPEG's 8×8 block DCT coefficients sit on multiples of the quantisation step; the
+    score for step Q is the length of the mean phasor exp(2πi·c/Q) over coefficients outside the
+    zero bin (1 = perfectly periodic, ~0 = no lattice), less the same score of the histogram
+    smoothed over one period — what the histogram's mere shape and the zero-bin cut give when Q
+    spans only a few periods. Shape (len(_STEP_CANDIDATES), positions).
+    """
+    h, w = (y.shape[0] - row0) // 8 * 8, (y.shape[1] - col0) // 8 * 8
+    blocks = (y[row0:row0 + h, col0:col0 + w] - 128.0).reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3)
+    d = _dct_matrix()
+    coef = np.abs(d @ blocks.reshape(-1, 8, 8) @ d.T)
+    nbins = int(_STEP_MAX_VALUE / _STEP_BIN)
+    hist = np.stack([np.bincount(np.minimum((coef[:, u, v] / _STEP_BIN).astype(np.int64), nbins - 1),
+                                 minlength=nbins)[:nbins] for u, v in _JPEG_POSITIONS], axis=1).astype(np.float32)
+    hist[-1] = 0.0
+    phasors, keep, smooth_phasors, smooth_keep = _phasors()
+    counts = keep @ hist
+    scores = np.abs(phasors @ hist) / np.maximum(counts, 1.0)
+    baseline = np.abs(smooth_phasors @ hist) / np.maximum(smooth_keep @ hist, 1.0)
+    # Too few coefficients outside the zero bin: a lattice cannot be told from chance.
+    return np.where(counts >= 24, np.clip(scores - baseline, 0.0, None), 0.0)
+
+
+def quality_from_pixels(y: np.ndarray, row0: int = 0, col0: int = 0) -> tuple[float, float]:
+    """(IJG quality, lattice strength in [0,1]) estimated from decoded pixels alone.
+
+    Each quality predicts one step per DCT position; its score is the mean periodicity at those
+    steps. Steps that divide the true ones also score high, so the answer is the lowest quality
+    (largest steps) that scores near the best.
+    """
+    scores = dct_step_scores(y, row0, col0)
+    tables = _ijg_tables()
+    steps = np.stack([tables[:, u, v] for u, v in _JPEG_POSITIONS], axis=1)  # (100, positions)
+    idx = np.clip(steps.astype(np.int64) - _STEP_CANDIDATES[0], 0, len(_STEP_CANDIDATES) - 1)
+    valid = (steps >= _STEP_CANDIDATES[0]) & (steps <= _STEP_CANDIDATES[-1])
+    per_q = np.where(valid, np.take_along_axis(scores, idx, axis=0), 0.0)
+    weight = valid.sum(axis=1)
+    s = np.where(weight > 0, per_q.sum(axis=1) / np.maximum(weight, 1), 0.0)
+    best = float(s.max())
+    if best <= 0:
+        return 100.0, 0.0
+    quality = int(np.argmax(s >= 0.85 * best)) + 1
+    return float(quality), best
+
+
+# --- blur ----------------------------------------------------------------------------------------
+
+def edge_width(y: np.ndarray) -> tuple[float, float]:
+    """(median edge width in pixels, edge sharpness) over the strongest edges.
+
+    At an edge the largest gradient times the edge width equals the local intensity range, so
+    range / gradient measures how many pixels the transition spans — the blur extent.
+    """
+    gx = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    grad = np.sqrt(gx * gx + gy * gy)
+    kernel = np.ones((7, 7), np.uint8)
+    span = cv2.dilate(y, kernel) - cv2.erode(y, kernel)
+    mask = (span > 24.0) & (grad >= cv2.dilate(grad, np.ones((3, 3), np.uint8)))
+    if mask.sum() < 32:
+        return 7.0, 0.0
+    g, s = grad[mask], span[mask]
+    strong = g >= np.quantile(g, 0.5)
+    ratio = g[strong] / s[strong]
+    return float(np.median(1.0 / np.maximum(ratio, 1e-3))), float(np.quantile(ratio, 0.9))
+
+
+def reblur_loss(y: np.ndarray) -> float:
+    """Crété et al. (2007) blur metric: the share of variation that survives re-blurring.
+
+    A sharp image loses much of its neighbour-to-neighbour variation when blurred again; an
+    already blurred one loses little. 0 = sharp, 1 = fully blurred.
+    """
+    out = 0.0
+    for axis, ksize in ((0, (1, 9)), (1, (9, 1))):
+        b = cv2.blur(y, ksize)
+        df, db = np.abs(np.diff(y, axis=axis)), np.abs(np.diff(b, axis=axis))
+        sf = float(df.sum())
+        out = max(out, (sf - float(np.maximum(df - db, 0).sum())) / max(sf, 1e-6))
+    return out
+
+
+# --- exposure and haze (on a small copy of the whole frame) --------------------------------------
+
+def exposure(rgb_small: np.ndarray) -> dict[str, float]:
+    """Luminance statistics on 0..1: mean, low/median/high percentiles, dark and bright shares."""
+    y = luminance(rgb_small) / 255.0
+    p1, p50, p99 = np.quantile(y, (0.01, 0.5, 0.99))
+    return {"mean": float(y.mean()), "p1": float(p1), "p50": float(p50), "p99": float(p99),
+            "dark": float((y < 0.15).mean()), "bright": float((y > 0.9).mean())}
+
+
+def dark_channel(rgb_small: np.ndarray, size: int = 7) -> dict[str, float]:
+    """Dark-channel prior (He, Sun & Tang 2009) on 0..1: haze lifts the darkest channel everywhere.
+
+    Returns the mean dark channel, the airlight (brightness where the dark channel is highest),
+    the mean transmission t = 1 − 0.95·dark/airlight, and the mean saturation and contrast that
+    haze also lowers.
+    """
+    r, g, b = (rgb_small[..., c] / 255.0 for c in range(3))
+    mn, mx = np.minimum(np.minimum(r, g), b), np.maximum(np.maximum(r, g), b)
+    dark = cv2.erode(mn, np.ones((size, size), np.uint8))
+    flat = dark.ravel()
+    top = np.argpartition(flat, -max(len(flat) // 1000, 1))[-max(len(flat) // 1000, 1):]
+    airlight = float(mx.ravel()[top].mean())
+    t = 1.0 - 0.95 * dark / max(airlight, 1e-3)
+    sat = (mx - mn) / np.maximum(mx, 1e-3)
+    y = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
+    return {"dark": float(dark.mean()), "airlight": airlight, "transmission": float(np.clip(t, 0, 1).mean()),
+            "saturation": float(sat.mean()), "contrast": float(y.std())}
+
+
+# --- rain and snow -------------------------------------------------------------------------------
+
+def streaks(y: np.ndarray) -> dict[str, float]:
+    """Thin bright oriented lines: the white top-hat's energy, orientation coherence and length.
+
+    Rain leaves one-to-two-pixel bright lines sharing one direction. The top-hat keeps bright
+    structures thinner than its 5-pixel window; their gradients' structure tensor gives the shared
+    direction and its coherence; the top-hat's autocorrelation at 8 px along that direction over
+    the one across it says whether the lines are long.
+    """
+    tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5)))
+    gx = cv2.Sobel(tophat, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(tophat, cv2.CV_32F, 0, 1, ksize=3)
+    jxx, jyy, jxy = float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum())
+    trace = max(jxx + jyy, 1e-6)
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / trace
+    # The dominant gradient direction is across the lines; the lines run perpendicular to it.
+    grad_angle = 0.5 * np.arctan2(2 * jxy, jxx - jyy)
+    line_angle = grad_angle + np.pi / 2
+    t = tophat - tophat.mean()
+    energy = float((t * t).mean()) + 1e-6
+
+    def corr(angle: float, lag: int) -> float:
+        dx, dy = int(round(lag * np.cos(angle))), int(round(lag * np.sin(angle)))
+        h, w = t.shape
+        a = t[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)]
+        b = t[max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
+        return float((a * b).mean()) / energy
+
+    along, across = corr(line_angle, 8), corr(grad_angle, 8)
+    # Image-row angle in degrees, 90 = vertical lines, as degrade.py's rain angle.
+    angle_deg = float(np.degrees(line_angle) % 180.0)
+    return {"energy": float(tophat.mean()), "coherence": float(coherence), "along": along,
+            "across": across, "angle": angle_deg, "bright_share": float((tophat > 20).mean())}
+
+
+def bright_blobs(y: np.ndarray) -> dict[str, float]:
+    """Soft bright isolated blobs (snowflakes): density of bright difference-of-Gaussian peaks.
+
+    A peak is a local maximum of the DoG at a flake's scale that stands well above its
+    surroundings; the density is peaks per 10,000 pixels. The top-hat at a flake-sized window
+    measures how much bright small-scale material there is overall.
+    """
+    dog = cv2.GaussianBlur(y, (0, 0), 1.5) - cv2.GaussianBlur(y, (0, 0), 4.0)
+    peaks = (dog > 12.0) & (dog >= cv2.dilate(dog, np.ones((5, 5), np.uint8)))
+    tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11)))
+    return {"density": float(peaks.sum() * 1e4 / y.size), "dog_p99": float(np.quantile(dog, 0.99)),
+            "tophat": float(tophat.mean())}
