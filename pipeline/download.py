@@ -123,6 +123,7 @@ def parse_shard_range(text: str | None, count: int) -> list[int]:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (shards can be far larger than memory)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

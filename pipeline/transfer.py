@@ -35,6 +35,7 @@ class TransferError(Exception):
 
 
 def is_http(url: str) -> bool:
+    """Whether the URL is fetched with requests (http, https) rather than through fsspec."""
     return url.startswith(("http://", "https://"))
 
 
