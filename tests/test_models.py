@@ -100,6 +100,12 @@ def test_mllm_rejects_bad_inputs_by_position(tiny_cache, images):
         mllm.caption([images[0], images[1].astype(np.float32)])
     with pytest.raises(ValueError, match="2 images but 1 hints"):
         mllm.describe(images, hints=["noise"])
+    # A valid image the model itself refuses: Qwen's processor takes aspect ratios up to 200. The
+    # whole batch fails; sample by sample, only the strip does.
+    strip = np.full((8, 1700, 3), 128, dtype=np.uint8)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        mllm.caption([images[0], strip])
+    assert len(mllm.caption([images[0]])) == 1
 
 
 def test_reference_is_seeded_per_sample(tiny_cache):
@@ -179,3 +185,24 @@ def test_every_field_can_be_overridden_and_typos_are_errors():
         with_overrides(base, {"diffusion.steps": "many"})
     with pytest.raises(ValueError, match="mllm.do_sample: expected bool"):
         with_overrides(base, {"mllm.do_sample": 3})
+
+
+def test_sampling_is_seeded(tiny_cache, images):
+    sampled = with_overrides(preset("tiny"), {"mllm": {"do_sample": True, "temperature": 1.5, "seed": 3}})
+    mllm = load_mllm(sampled.mllm)
+    assert mllm.caption(images) == mllm.caption(images)
+    assert mllm.provenance()["generation"]["temperature"] == 1.5
+
+
+def test_real_presets_use_the_same_loaders_and_fail_cleanly_offline(tmp_path, monkeypatch):
+    # No network here: with the Hub offline and an empty cache, the loaders must raise, not fall
+    # back to anything else. (open_clip reads HF_HUB_OFFLINE when huggingface_hub is imported, so
+    # setting it inside this process would not reach it; transformers and diffusers get
+    # local_files_only from us at call time.)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    default = preset("default")
+    with pytest.raises(OSError):
+        load_mllm(default.mllm)
+    with pytest.raises(OSError, match="sdxl-turbo"):
+        load_reference(default.diffusion)
