@@ -36,6 +36,9 @@ _JPEG_POSITIONS = ((0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0), (1, 2), (2, 1
 _STEP_BIN = 0.25
 _STEP_MAX_VALUE = 320.0
 _STEP_CANDIDATES = np.arange(2, 161)
+# Lattice strength below which a quality estimate is noise: never-compressed photos score < 0.1,
+# quality 90 scores ~0.5 (see tests/test_analysis_estimators.py).
+LATTICE_MIN = 0.15
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -43,27 +46,46 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     return cv2.transform(rgb, LUMA[None, :])
 
 
-# --- noise ---------------------------------------------------------------------------------------
+# --- noise -------------------------------------------------------------------------------------
 
-def noise_sigma(rgb: np.ndarray, patch: int = 6, stride: int = 4) -> float:
-    """Per-channel Gaussian noise σ by PCA of image patches (Chen, Zhu & Heng, ICCV 2015).
+CLIP_SIGMA = 20.0
 
-    Clean image content lives in a few principal directions of the patch space; the remaining
-    eigenvalues of the patch covariance all equal σ². The estimate is the mean of the largest set
-    of smallest eigenvalues whose mean equals its median, which textured images do not bias the
-    way a wavelet-MAD estimate is biased.
-    """
-    windows = sliding_window_view(rgb, (patch, patch), axis=(0, 1))[::stride, ::stride]
-    x = windows.reshape(-1, rgb.shape[2] * patch * patch)
+
+def _pca_sigma(x: np.ndarray) -> float:
+    """σ from patch rows ``x`` (N, D): the mean of the largest set of smallest covariance
+    eigenvalues whose mean equals its median (Chen, Zhu & Heng, ICCV 2015)."""
     x = x - x.mean(axis=0)
-    eig = np.sort(np.linalg.eigvalsh((x.T @ x).astype(np.float64) / len(x)))
-    eig = np.clip(eig, 0.0, None)
+    eig = np.clip(np.sort(np.linalg.eigvalsh((x.T @ x).astype(np.float64) / len(x))), 0.0, None)
     for m in range(len(eig), 0, -1):
         tail = eig[:m]
         tau = tail.mean()
         if np.sum(tail > tau) >= np.sum(tail < tau):
             return float(np.sqrt(tau))
     return float(np.sqrt(eig[0]))
+
+
+def noise_sigma(rgb: np.ndarray, patch: int = 6, stride: int = 4) -> float:
+    """Per-channel Gaussian noise σ by PCA of image patches.
+
+    Clean image content lives in a few principal directions of the patch space; the remaining
+    eigenvalues of the patch covariance all equal σ², which textured images do not bias the way
+    a wavelet-MAD estimate is biased. Noise is clipped at 0 and 255, which shrinks it near the
+    ends of the range, so each channel is re-estimated on its patches whose mean lies at least
+    2σ inside the range, where there are enough of them for a stable covariance (for σ ≥ 20).
+    """
+    windows = sliding_window_view(rgb, (patch, patch), axis=(0, 1))[::stride, ::stride]
+    sigma = _pca_sigma(windows.reshape(-1, rgb.shape[2] * patch * patch))
+    # Below σ≈20 clipping costs < 1 while single-channel patches let texture in (+1..4 at σ 5).
+    if sigma < CLIP_SIGMA:
+        return sigma
+    channel_sigmas = []
+    for c in range(rgb.shape[2]):
+        x = windows[:, :, c].reshape(-1, patch * patch)
+        means = x.mean(axis=1)
+        inside = (means > 2 * sigma) & (means < 255 - 2 * sigma)
+        if inside.sum() >= 20 * x.shape[1]:
+            channel_sigmas.append(_pca_sigma(x[inside]))
+    return float(np.mean(channel_sigmas)) if channel_sigmas else sigma
 
 
 # --- JPEG ----------------------------------------------------------------------------------------
@@ -176,7 +198,8 @@ def dct_step_scores(y: np.ndarray, row0: int = 0, col0: int = 0) -> np.ndarray:
 
 
 def quality_from_pixels(y: np.ndarray, row0: int = 0, col0: int = 0) -> tuple[float, float]:
-    """(IJG quality, lattice strength in [0,1]) estimated from decoded pixels alone.
+    """(IJG quality, lattice strength in [0,1]) estimated from decoded pixels alone; quality 100
+    when there is no lattice (never compressed, or compressed too finely to tell).
 
     Each quality predicts one step per DCT position; its score is the mean periodicity at those
     steps. Steps that divide the true ones also score high, so the answer is the lowest quality
@@ -191,8 +214,8 @@ def quality_from_pixels(y: np.ndarray, row0: int = 0, col0: int = 0) -> tuple[fl
     weight = valid.sum(axis=1)
     s = np.where(weight > 0, per_q.sum(axis=1) / np.maximum(weight, 1), 0.0)
     best = float(s.max())
-    if best <= 0:
-        return 100.0, 0.0
+    if best < LATTICE_MIN:
+        return 100.0, max(best, 0.0)
     quality = int(np.argmax(s >= 0.85 * best)) + 1
     return float(quality), best
 
@@ -300,15 +323,18 @@ def streaks(y: np.ndarray) -> dict[str, float]:
             "across": across, "angle": angle_deg, "bright_share": float((tophat > 20).mean())}
 
 
-def bright_blobs(y: np.ndarray) -> dict[str, float]:
+def bright_blobs(rgb: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Soft bright isolated blobs (snowflakes): density of bright difference-of-Gaussian peaks.
 
     A peak is a local maximum of the DoG at a flake's scale that stands well above its
-    surroundings; the density is peaks per 10,000 pixels. The top-hat at a flake-sized window
-    measures how much bright small-scale material there is overall.
+    surroundings; the density is peaks per 10,000 pixels, and the white density counts only peaks
+    bright in every channel, as snow is and most bright details of a scene are not. The top-hat
+    at a flake-sized window measures how much bright small-scale material there is overall.
     """
     dog = cv2.GaussianBlur(y, (0, 0), 1.5) - cv2.GaussianBlur(y, (0, 0), 4.0)
     peaks = (dog > 12.0) & (dog >= cv2.dilate(dog, np.ones((5, 5), np.uint8)))
+    darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
     tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11)))
-    return {"density": float(peaks.sum() * 1e4 / y.size), "dog_p99": float(np.quantile(dog, 0.99)),
-            "tophat": float(tophat.mean())}
+    return {"density": float(peaks.sum() * 1e4 / y.size),
+            "white_density": float((peaks & (darkest > 190.0)).sum() * 1e4 / y.size),
+            "dog_p99": float(np.quantile(dog, 0.99)), "tophat": float(tophat.mean())}

@@ -17,6 +17,8 @@ from pipeline.analysis import estimators as est
 
 WINDOW = 512
 SMALL = 256
+# The half-scale noise estimate needs 5×5 patches with room to spare.
+MIN_SIDE = 16
 
 FEATURE_NAMES: tuple[str, ...] = (
     "noise_sigma", "noise_sigma_half_ratio",
@@ -26,7 +28,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "haze_dark", "haze_airlight", "haze_transmission", "saturation", "contrast",
     "streak_energy", "streak_coherence", "streak_along", "streak_across", "streak_verticality",
     "streak_bright_share",
-    "blob_density", "blob_dog_p99", "blob_tophat",
+    "blob_density", "blob_white_density", "blob_dog_p99", "blob_tophat",
 )
 
 
@@ -62,6 +64,9 @@ def measure(pixels: np.ndarray) -> Measurements:
     """All measurements of an 8-bit RGB image (H, W, 3)."""
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected uint8 (H, W, 3) pixels, got {pixels.dtype} {pixels.shape}")
+    if min(pixels.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"image is {pixels.shape[1]}x{pixels.shape[0]}; the analysis needs at least "
+                         f"{MIN_SIDE} pixels a side")
     window = central_window(pixels).astype(np.float32)
     small = shrink(pixels).astype(np.float32)
     y = est.luminance(window)
@@ -77,7 +82,7 @@ def measure(pixels: np.ndarray) -> Measurements:
     exp = est.exposure(small)
     haze = est.dark_channel(small)
     streak = est.streaks(y)
-    blobs = est.bright_blobs(y)
+    blobs = est.bright_blobs(window, y)
     values = {
         "noise_sigma": sigma, "noise_sigma_half_ratio": 2 * sigma_half / max(sigma, 0.1),
         "jpeg_lattice": lattice, "jpeg_quality": quality, "blockiness": blockiness,
@@ -90,6 +95,6 @@ def measure(pixels: np.ndarray) -> Measurements:
         "streak_along": streak["along"], "streak_across": streak["across"],
         "streak_verticality": float(abs(np.sin(np.radians(streak["angle"])))),
         "streak_bright_share": streak["bright_share"], "streak_angle": streak["angle"],
-        "blob_density": blobs["density"], "blob_dog_p99": blobs["dog_p99"], "blob_tophat": blobs["tophat"],
+        "blob_density": blobs["density"], "blob_white_density": blobs["white_density"], "blob_dog_p99": blobs["dog_p99"], "blob_tophat": blobs["tophat"],
     }
     return Measurements(values)

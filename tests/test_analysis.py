@@ -1,0 +1,161 @@
+"""The analysis end to end: Analysis of real photos, the CLI on good and bad files, the Ray-stage
+functions, the evaluator's tables, and the classifier's weights file."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import degrade, vocabulary
+from pipeline.analysis import evaluate as ev
+from pipeline.analysis.analyze import analyze
+from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier, default_classifier
+from pipeline.analysis.stage import analyze_batch, analyze_row
+from pipeline.analysis.train import load_photo
+from pipeline.analyze import main as cli_main
+from pipeline.image_files import encode_png
+
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "denoise" / "Kodak24"
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A held-out real photo when the shared data is there, else a scikit-image one."""
+    path = KODAK / "kodim03.png"
+    if path.exists():
+        return np.asarray(Image.open(path).convert("RGB"))
+    return load_photo("coffee")
+
+
+def test_noisy_photo_is_noise_with_its_sigma(photo):
+    noisy, _ = degrade.apply(photo, "noise:sigma=30", seed=3)
+    a = analyze(noisy)
+    assert a.types[0] == "noise"
+    assert a.degradations[0].params["sigma"] == pytest.approx(30, abs=3)
+    assert "noise (σ≈" in a.text
+
+
+@pytest.mark.parametrize("spec,expected", [("jpeg:quality=15", "jpeg"), ("low-light", "low-light"),
+                                           ("haze:beta=2.2,airlight=0.9", "haze"),
+                                           ("defocus-blur:radius=5", "blur")])
+def test_degraded_photo_top_type(photo, spec, expected):
+    assert analyze(degrade.apply(photo, spec, seed=5)[0]).types[0] == expected
+
+
+def test_analysis_dict_is_json_and_vector_follows_vocabulary(photo):
+    a = analyze(photo)
+    d = json.loads(json.dumps(a.to_dict()))
+    assert len(d["vector"]) == len(vocabulary.DEGRADATION_TYPES)
+    assert d["vector"][vocabulary.DEGRADATION_TYPES.index("shadow")] == 0.0
+    assert d["degradations"][0]["type"] in ANALYSED_TYPES
+    assert d["text"] == a.text
+
+
+def test_jpeg_bytes_give_the_tables_quality(photo):
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="JPEG", quality=20)
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    a = analyze(decoded, jpeg_bytes=buf.getvalue())
+    jpeg = next(d for d in a.degradations if d.type == "jpeg")
+    assert jpeg.params == {"quality": 20, "source": "quantisation table"}
+
+
+def _write_inputs(folder: Path, photo: np.ndarray) -> dict[str, Path]:
+    files = {"good": folder / "good.png", "corrupt": folder / "corrupt.png", "tiny": folder / "tiny.png",
+             "gray16": folder / "gray16.png", "palette": folder / "palette.gif", "text": folder / "notes.jpg"}
+    files["good"].write_bytes(encode_png(photo[:200, :200].copy()))
+    files["corrupt"].write_bytes(encode_png(photo[:64, :64].copy())[:300])
+    Image.fromarray(photo[:6, :6].copy()).save(files["tiny"])
+    Image.fromarray((photo[:100, :100, 0].astype(np.uint16) * 257)).save(files["gray16"])
+    Image.fromarray(photo[:100, :100].copy()).convert("P").save(files["palette"])
+    files["text"].write_text("not an image")
+    return files
+
+
+def test_cli_reports_each_file_and_goes_on(tmp_path, photo, capsys):
+    files = _write_inputs(tmp_path, photo)
+    missing = str(tmp_path / "missing.png")
+    assert cli_main([str(files[k]) for k in files] + [missing, "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_path = {line["path"]: line for line in lines}
+    assert len(lines) == len(files) + 1
+    for ok in ("good", "gray16", "palette"):
+        line = by_path[str(files[ok])]
+        assert line["degradations"][0]["type"] in ANALYSED_TYPES and line["text"]
+    assert "truncated" in by_path[str(files["corrupt"])]["error"]
+    assert "at least" in by_path[str(files["tiny"])]["error"]
+    assert "not a readable image" in by_path[str(files["text"])]["error"]
+    assert by_path[missing]["error"] == "file not found"
+    assert "notes" in by_path[str(files["gray16"])]
+
+
+def test_cli_fails_only_when_every_file_fails(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    assert cli_main([str(bad)]) == 1
+    assert "error" in capsys.readouterr().out
+
+
+def test_cli_expands_directories(tmp_path, photo, capsys):
+    (tmp_path / "a.png").write_bytes(encode_png(photo[:64, :64].copy()))
+    (tmp_path / "readme.txt").write_text("skipped")
+    assert cli_main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(str(tmp_path / "a.png"))
+
+
+def test_stage_functions_carry_errors_as_rows(photo):
+    good = encode_png(photo[:128, :128].copy())
+    row = analyze_row({"key": "k0", "lq": good})
+    assert row["analysis_error"] == "" and row["analysis"]["degradations"]
+    batch = analyze_batch({"key": np.array(["k0", "k1"]), "lq": np.array([good, b"junk"], dtype=object)})
+    assert json.loads(batch["analysis"][0])["vector"]
+    assert batch["analysis"][1] == "" and batch["analysis_error"][1].startswith("k1: ")
+
+
+def test_evaluate_synthetic_writes_tables(tmp_path, photo):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        (photos / f"p{i}.png").write_bytes(encode_png(photo[i * 64: i * 64 + 192, :192].copy()))
+    specs = {"clean": ("",), "noise": ("noise:sigma=20..40",), "jpeg": ("jpeg:quality=10..30",)}
+    report = ev.evaluate(ev.synthetic([photos], specs), {"analysis": ev.analysis_describer,
+                                                          "always-rain": lambda p, b: ["rain"]})
+    assert report.tallies["analysis"].total == 6 and report.tallies["analysis"].counts.sum() == 6
+    assert report.tallies["always-rain"].top1 == 0.0
+    assert len(report.errors["sigma"]) == 2 and len(report.errors["quality"]) == 2
+    text = ev.write(report, tmp_path / "out", "test")
+    for name in ("analysis_confusion.csv", "analysis_confusion.md", "analysis_confusion.png", "report.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert "| noise |" in text and "| sigma |" in text
+
+
+def test_evaluate_reads_a_manifest(tmp_path, photo):
+    lq = tmp_path / "lq.png"
+    noisy, applied = degrade.apply(photo[:128, :128].copy(), "noise:sigma=25", seed=1)
+    lq.write_bytes(encode_png(noisy))
+    table = pa.table({"key": ["s0"], "dataset": ["t"], "split": ["test"], "task": ["denoise"],
+                      "degradation": ["noise"], "params": [json.dumps(applied)], "lq_uri": [str(lq)],
+                      "gt_uri": [""], "width": [128], "height": [128], "lq_sha256": [""], "gt_sha256": [""]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    samples = list(ev.from_manifest(str(tmp_path / "m.parquet")))
+    assert samples[0].types == ("noise",) and samples[0].params == {"sigma": 25.0}
+
+
+def test_classifier_weights_round_trip_and_refuse_other_features(tmp_path):
+    model = default_classifier()
+    model.save(tmp_path / "w.safetensors")
+    again = Classifier.load(tmp_path / "w.safetensors")
+    x = np.random.default_rng(0).random((3, model.w1.shape[0]))
+    assert np.allclose(model.scores(x), again.scores(x), atol=1e-5)
+    from safetensors.numpy import load_file, save_file
+
+    save_file(load_file(str(tmp_path / "w.safetensors")), str(tmp_path / "bad.safetensors"),
+              metadata={"features": json.dumps(["other"])})
+    with pytest.raises(ValueError, match="retrain"):
+        Classifier.load(tmp_path / "bad.safetensors")

@@ -1,0 +1,77 @@
+"""The classical estimators on real photos with known synthetic degradations."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import degrade
+from pipeline.analysis import estimators as est
+from pipeline.analysis.train import load_photo
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return load_photo("astronaut")[:256, :256].copy()
+
+
+@pytest.mark.parametrize("sigma", [5, 15])
+def test_noise_sigma_recovers_gaussian_sigma(photo, sigma):
+    # Larger σ clips at 0 and 255 on this photo; the classifier's calibration corrects that.
+    noisy, _ = degrade.apply(photo, f"noise:sigma={sigma}", seed=1)
+    assert est.noise_sigma(noisy.astype(np.float32)) == pytest.approx(sigma, abs=1.5)
+
+
+def test_noise_sigma_of_a_clean_photo_is_small(photo):
+    assert est.noise_sigma(photo.astype(np.float32)) < 2.5
+
+
+@pytest.mark.parametrize("quality", [10, 35, 60, 85])
+def test_jpeg_quality_from_decoded_pixels(photo, quality):
+    decoded, _ = degrade.apply(photo, f"jpeg:quality={quality}", seed=1)
+    estimated, lattice = est.quality_from_pixels(est.luminance(decoded.astype(np.float32)))
+    assert lattice > est.LATTICE_MIN
+    assert estimated == pytest.approx(quality, abs=3)
+
+
+def test_never_compressed_photo_has_no_lattice(photo):
+    quality, lattice = est.quality_from_pixels(est.luminance(photo.astype(np.float32)))
+    assert lattice < est.LATTICE_MIN and quality == 100
+
+
+def test_quality_from_jpeg_bytes_reads_the_table(photo):
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="JPEG", quality=37)
+    assert est.quality_from_jpeg_bytes(buf.getvalue()) == 37
+    png = io.BytesIO()
+    Image.fromarray(photo).save(png, format="PNG")
+    assert est.quality_from_jpeg_bytes(png.getvalue()) is None
+
+
+def test_block_grid_finds_the_shifted_grid(photo):
+    decoded, _ = degrade.apply(photo, "jpeg:quality=15", seed=1)
+    ratio, row0, col0 = est.block_grid(est.luminance(decoded[3:, 5:].astype(np.float32)))
+    assert ratio > 1.2 and (row0, col0) == (5, 3)
+
+
+def test_blur_widens_edges_and_survives_reblurring(photo):
+    sharp = photo.astype(np.float32)
+    blurred = degrade.apply(photo, "defocus-blur:radius=4", seed=1)[0].astype(np.float32)
+    y0, y1 = est.luminance(sharp), est.luminance(blurred)
+    assert est.edge_width(y1)[0] > est.edge_width(y0)[0] + 1
+    assert est.reblur_loss(y1) > est.reblur_loss(y0) + 0.15
+
+
+def test_low_light_and_haze_move_their_statistics(photo):
+    dark = degrade.apply(photo, "low-light", seed=1)[0].astype(np.float32)
+    hazy = degrade.apply(photo, "haze:beta=2,airlight=0.9", seed=1)[0].astype(np.float32)
+    assert est.exposure(dark)["mean"] < 0.5 * est.exposure(photo.astype(np.float32))["mean"]
+    assert est.dark_channel(hazy)["transmission"] < est.dark_channel(photo.astype(np.float32))["transmission"] - 0.1
+
+
+def test_rain_streaks_are_oriented_along_the_rain(photo):
+    rainy = degrade.apply(photo, "rain:angle=90,density=0.02,intensity=0.9", seed=1)[0].astype(np.float32)
+    s = est.streaks(est.luminance(rainy))
+    assert abs(s["angle"] - 90) < 15
+    assert s["coherence"] > est.streaks(est.luminance(photo.astype(np.float32)))["coherence"]
