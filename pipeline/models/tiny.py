@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from pipeline.models.presets import TINY_SCHEME
-from pipeline.vocabulary import SYNONYMS
 
 # Bump when a recipe below changes: an old cache is then left alone instead of being reused.
 TINY_VERSION = 1
@@ -47,9 +46,15 @@ QWEN_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# Text the tiny BPE is trained on: the degradation vocabulary plus a few scene words, so that
-# whatever the random model emits is made of word pieces of the domain.
-_SCENES = (
+# Text the tiny BPE is trained on: degradation and scene words, so that whatever the random model
+# emits is made of word pieces of the domain. Fixed here (not read from the vocabulary module) so
+# that a build's bytes depend only on this file and TINY_VERSION.
+_CORPUS = (
+    "clean sharp clear high quality photo", "noise noisy grain grainy speckle sensor noise",
+    "blur blurry blurred out of focus defocus motion blur", "jpeg compression artifacts blocky ringing",
+    "low light dark underexposed dim night", "haze hazy fog foggy smog mist",
+    "rain rainy rain streaks raining", "snow snowy snowfall", "raindrops water drops on the lens",
+    "shadow shadows shaded", "missing regions holes masked", "slight moderate strong severe",
     "a butterfly on a flower in a green garden", "red and yellow leaves on the ground",
     "a starfish on wet sand at the beach", "a city street at night with cars and people",
     "a portrait of a person smiling", "mountains and a lake under a blue sky",
@@ -80,7 +85,6 @@ def _train_qwen_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = [" ".join(words) for words in SYNONYMS.values()] + list(_SCENES)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -88,7 +92,7 @@ def _train_qwen_tokenizer():
         vocab_size=512, special_tokens=list(QWEN_SPECIAL_TOKENS), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator(corpus * 4, trainer)
+    bpe.train_from_iterator(_CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
