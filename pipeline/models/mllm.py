@@ -111,6 +111,8 @@ class MLLM:
             "generation": {"max_new_tokens": s.max_new_tokens, "do_sample": s.do_sample,
                            "temperature": s.temperature, "top_p": s.top_p, "num_beams": s.num_beams,
                            "seed": s.seed},
+            # The model's own defaults (e.g. a repetition penalty) apply where ours say nothing.
+            "model_generation_config": self.model.generation_config.to_diff_dict(),
             "pixels": {"min": s.min_pixels, "max": s.max_pixels},
         }
 
