@@ -145,15 +145,15 @@ def test_an_empty_token_mask_counts_as_absent():
 def test_prior_dropout_is_seeded_and_only_removes():
     model = tiny_model()
     priors = priors_for(model, 64).with_present(reference=torch.arange(64) % 2 == 0)
-    first = drop_priors(priors, 0.5, 64, torch.Generator().manual_seed(0))
-    again = drop_priors(priors, 0.5, 64, torch.Generator().manual_seed(0))
+    first = drop_priors(priors, 0.5, torch.Generator().manual_seed(0))
+    again = drop_priors(priors, 0.5, torch.Generator().manual_seed(0))
     for name in PRIOR_NAMES:
         assert torch.equal(first.present[name], again.present[name])
         assert 8 < int(first.present[name].sum()) < 56
     # A sample without a reference never gains one.
     assert not (first.present["reference"] & ~priors.present["reference"]).any()
-    assert drop_priors(priors, 0.0, 64) is priors
-    assert drop_priors(only(priors, ["clip_image"]), 0.5, 64).present.keys() == {"clip_image"}
+    assert drop_priors(priors, 0.0) is priors
+    assert drop_priors(only(priors, ["clip_image"]), 0.5).present.keys() == {"clip_image"}
 
 
 def test_switches_remove_paths_and_all_off_is_the_backbone():

@@ -80,8 +80,7 @@ class Priors:
         return dataclasses.replace(self, present={**self.present, **flags})
 
 
-def drop_priors(priors: Priors, probability: float, batch: int,
-                generator: torch.Generator | None = None) -> Priors:
+def drop_priors(priors: Priors, probability: float, generator: torch.Generator | None = None) -> Priors:
     """Prior dropout: mark each prior of each sample absent with ``probability``.
 
     Training on batches passed through this makes one model work with any subset of priors at
@@ -95,6 +94,7 @@ def drop_priors(priors: Priors, probability: float, batch: int,
         value = getattr(priors, name)
         if value is None:
             continue
+        batch = value.shape[0]
         keep = torch.rand(batch, generator=generator) >= probability
         flags[name] = priors.presence(name, batch, value.device) & keep.to(value.device)
     return priors.with_present(**flags)

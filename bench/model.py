@@ -1,0 +1,192 @@
+"""What the priors cost: forward time and peak memory of the restorer with all priors against the
+no-prior backbone, measured in the same run (and, given a checkout, a public Restormer too).
+
+    python -m bench.model                                  # CPU, base at 128², 5 reps, 1 thread
+    python -m bench.model --restormer-repo ~/src/Restormer # + Restormer's own arch file
+    python -m bench.model --device cuda                    # bf16 fwd+bwd throughput, 128² and 256²
+
+CPU times interleave the variants rep by rep (a shared machine's load then hits all alike) and
+report the best of the reps. Peak memory is measured for each variant in a fresh process: the
+kernel's peak-RSS counter is reset after the model and inputs exist, so the number is what one
+forward pass adds; glibc is told to hand every large block back to the kernel on free, so the
+RSS follows the live tensors instead of the allocator's cache. Restormer's arch file is imported from the given checkout at run time (it needs
+``einops``); nothing of it is copied here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import multiprocessing
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from restore.model import Priors, Restorer, count_parameters, preset
+from restore.model.priors import random_priors
+
+RESTORMER_ARCH = Path("basicsr/models/archs/restormer_arch.py")
+VARIANTS = ("backbone", "all priors")
+
+
+def load_restormer(repo: Path) -> nn.Module:
+    """Restormer (base settings) from ``repo``'s own arch file."""
+    path = repo / RESTORMER_ARCH
+    if not path.is_file():
+        raise SystemExit(f"--restormer-repo {repo}: no {RESTORMER_ARCH} there (expected a checkout of "
+                         f"the public Restormer repository)")
+    spec = importlib.util.spec_from_file_location("restormer_arch", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        raise SystemExit(f"{path}: cannot import it ({e}); Restormer's arch needs `pip install einops`") from e
+    return module.Restormer()
+
+
+def build(variant: str, preset_name: str, size: int, batch: int,
+          restormer_repo: Path | None) -> tuple[nn.Module, torch.Tensor, Priors | None]:
+    """The model of ``variant`` (seeded) and its inputs."""
+    torch.manual_seed(0)
+    config = preset(preset_name)
+    lq = torch.rand(batch, 3, size, size)
+    if variant == "backbone":
+        return Restorer(config.without_priors()), lq, None
+    if variant == "all priors":
+        return Restorer(config), lq, random_priors(config, batch, (size, size))
+    return load_restormer(restormer_repo), lq, None
+
+
+def forward(model: nn.Module, lq: torch.Tensor, priors: Priors | None) -> torch.Tensor:
+    return model(lq) if priors is None else model(lq, priors)
+
+
+def _rss_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def peak_forward_memory(variant: str, preset_name: str, size: int, batch: int, threads: int,
+                        restormer_repo: Path | None) -> float:
+    """MiB that one forward pass adds to the process at its peak (run in a fresh process)."""
+    torch.set_num_threads(threads)
+    model, lq, priors = build(variant, preset_name, size, batch, restormer_repo)
+    model.eval()
+    with torch.inference_mode():
+        before = _rss_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
+        forward(model, lq, priors)
+        return (_rss_kib("VmHWM") - before) / 1024
+
+
+def cpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
+    torch.set_num_threads(args.threads)
+    built = {v: build(v, args.preset, args.size, args.batch, args.restormer_repo) for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with torch.inference_mode():
+        for model, lq, priors in built.values():
+            model.eval()
+            forward(model, lq, priors)  # warm-up: first calls pick kernels
+        for _ in range(args.reps):
+            for variant, (model, lq, priors) in built.items():
+                start = time.perf_counter()
+                forward(model, lq, priors)
+                times[variant].append(time.perf_counter() - start)
+    params = {v: count_parameters(built[v][0]) for v in variants}
+    del built
+    # Read by the children's glibc at start-up: blocks over 64 KiB are mmapped and unmapped on free.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    context = multiprocessing.get_context("spawn")
+    memory = {}
+    for variant in variants:
+        with context.Pool(1) as pool:
+            memory[variant] = pool.apply(peak_forward_memory, (variant, args.preset, args.size, args.batch,
+                                                               args.threads, args.restormer_repo))
+    print(f"CPU, {args.threads} thread(s), preset {args.preset}, batch {args.batch} at {args.size}², "
+          f"best of {args.reps} forward passes")
+    print("| variant | params (M) | forward (s) | peak forward memory (MiB) |")
+    print("|---|---:|---:|---:|")
+    for variant in variants:
+        print(f"| {variant} | {params[variant] / 1e6:.2f} | {min(times[variant]):.3f} "
+              f"| {memory[variant]:.0f} |")
+    ratio_time = min(times["all priors"]) / min(times["backbone"])
+    ratio_memory = memory["all priors"] / memory["backbone"]
+    print(f"priors' overhead: time x{ratio_time:.2f}, peak memory x{ratio_memory:.2f} (target <= 1.25)")
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, lq: torch.Tensor,
+               priors: Priors | None, target: torch.Tensor) -> None:
+    """One bf16-autocast L1 training step."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = (forward(model, lq, priors).float() - target).abs().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def gpu_throughput(args: argparse.Namespace, variant: str, size: int) -> tuple[float, float]:
+    """Training images/s and peak GiB of ``variant`` at ``size``² patches."""
+    device = torch.device("cuda")
+    model, lq, priors = build(variant, args.preset, size, args.batch, args.restormer_repo)
+    model = model.to(device).train()
+    lq = lq.to(device)
+    priors = priors.to(device) if priors is not None else None
+    target = torch.rand_like(lq)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(3):
+        train_step(model, optimizer, lq, priors, target)
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.reps):
+        train_step(model, optimizer, lq, priors, target)
+    torch.cuda.synchronize(device)
+    rate = args.reps * args.batch / (time.perf_counter() - start)
+    return rate, torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def gpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
+    """bf16 forward+backward throughput (images/s) and peak memory at 128² and 256² patches."""
+    print(f"{torch.cuda.get_device_name()}, bf16 autocast, batch {args.batch}, "
+          f"{args.reps} timed training steps after 3 warm-up steps")
+    print("| variant | patch | images/s | peak memory (GiB) |")
+    print("|---|---:|---:|---:|")
+    for size in (128, 256):
+        for variant in variants:
+            rate, peak = gpu_throughput(args, variant, size)
+            print(f"| {variant} | {size} | {rate:.1f} | {peak:.2f} |")
+            torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--size", type=int, default=128, help="CPU: square input size")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (CPU 1, GPU 8)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per variant")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (1 by default: steadier timings on a shared machine)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--restormer-repo", type=Path, default=None,
+                        help="a local checkout of the public Restormer repository, timed side by side")
+    args = parser.parse_args(argv)
+    variants = list(VARIANTS)
+    if args.restormer_repo is not None:
+        load_restormer(args.restormer_repo)  # fail before timing anything
+        variants.append("restormer (public)")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device visible to torch")
+        args.batch = args.batch or 8
+        gpu_bench(args, variants)
+    else:
+        args.batch = args.batch or 1
+        cpu_bench(args, variants)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
