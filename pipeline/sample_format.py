@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.image_files import ImageError, decode_rgb, encode_png
+from pipeline.image_files import ImageError, decode_rgb, encode_png, png_size
 
 FORMAT_VERSION = 1
 
@@ -161,9 +161,11 @@ def check_embeddings(embeddings: dict[str, np.ndarray], key: str) -> None:
             raise SampleFormatError(key, EMBEDDINGS_MEMBER, f"{name} {length} outside 0..{TOKEN_POSITIONS}")
 
 
-def _encode_npz(arrays: dict[str, np.ndarray]) -> bytes:
+def encode_embeddings(embeddings: dict[str, np.ndarray], key: str) -> bytes:
+    """The ``npz`` member: checked against EMBEDDINGS, arrays stored in name order."""
+    check_embeddings(embeddings, key)
     buf = io.BytesIO()
-    np.savez(buf, **{k: arrays[k] for k in sorted(arrays)})
+    np.savez(buf, **{k: embeddings[k] for k in sorted(embeddings)})
     return buf.getvalue()
 
 
@@ -175,25 +177,41 @@ def _decode_npz(data: bytes, key: str) -> dict[str, np.ndarray]:
         raise SampleFormatError(key, EMBEDDINGS_MEMBER, f"not a readable npz without pickles: {e}") from e
 
 
+def encode_record(meta: SampleMeta, pngs: dict[str, bytes],
+                  embeddings: dict[str, np.ndarray] | bytes | None = None) -> dict[str, Any]:
+    """Webdataset record from already-encoded PNG members (``LQ`` required, ``GT``/``REF`` optional).
+
+    Checks what can be checked without decoding: the key, PNG sizes against the json and each
+    other, and the embeddings (arrays, or ``npz`` bytes already made by ``encode_embeddings``).
+    Raises SampleFormatError naming key and member.
+    """
+    key = meta.key
+    if "." in key or not key:
+        raise SampleFormatError(key, "__key__", "keys must be non-empty and contain no dots")
+    unknown = sorted(set(pngs) - {LQ, GT, REF})
+    if unknown or LQ not in pngs:
+        raise SampleFormatError(key, LQ if LQ not in pngs else unknown[0], f"image members must be {LQ} (required), {GT}, {REF}")
+    sizes = {}
+    for member, data in pngs.items():
+        try:
+            sizes[member] = png_size(data)
+        except ValueError:
+            raise SampleFormatError(key, member, "not a PNG") from None
+    if sizes[LQ] != (meta.width, meta.height):
+        raise SampleFormatError(key, LQ, f"lq is {sizes[LQ][0]}x{sizes[LQ][1]}, json says {meta.width}x{meta.height}")
+    if GT in sizes and sizes[GT] != sizes[LQ]:
+        raise SampleFormatError(key, GT, f"gt is {sizes[GT][0]}x{sizes[GT][1]}, lq is {sizes[LQ][0]}x{sizes[LQ][1]}")
+    record: dict[str, Any] = {"__key__": key, **pngs, META: meta.to_json()}
+    if embeddings is not None:
+        record[EMBEDDINGS_MEMBER] = embeddings if isinstance(embeddings, bytes) else encode_embeddings(embeddings, key)
+    return record
+
+
 def encode_sample(sample: Sample) -> dict[str, Any]:
     """Webdataset record (``__key__`` plus member bytes) for a sample; validates as it goes."""
-    key, meta = sample.key, sample.meta
-    if "." in key:
-        raise SampleFormatError(key, "__key__", "keys must not contain dots")
-    if sample.lq.shape[:2] != (meta.height, meta.width):
-        raise SampleFormatError(key, LQ, f"lq is {sample.lq.shape[1]}x{sample.lq.shape[0]}, "
-                                         f"json says {meta.width}x{meta.height}")
-    record: dict[str, Any] = {"__key__": key, LQ: encode_png(sample.lq), META: meta.to_json()}
-    if sample.gt is not None:
-        if sample.gt.shape != sample.lq.shape:
-            raise SampleFormatError(key, GT, f"gt shape {sample.gt.shape} differs from lq shape {sample.lq.shape}")
-        record[GT] = encode_png(sample.gt)
-    if sample.ref is not None:
-        record[REF] = encode_png(sample.ref)
-    if sample.embeddings is not None:
-        check_embeddings(sample.embeddings, key)
-        record[EMBEDDINGS_MEMBER] = _encode_npz(sample.embeddings)
-    return record
+    images = {LQ: sample.lq, GT: sample.gt, REF: sample.ref}
+    pngs = {member: encode_png(img) for member, img in images.items() if img is not None}
+    return encode_record(sample.meta, pngs, sample.embeddings)
 
 
 def _decode_image(record: dict[str, Any], member: str, key: str) -> np.ndarray:

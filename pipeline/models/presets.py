@@ -169,7 +169,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _override_settings(settings: Any, changes: Mapping[str, Any], where: str) -> Any:
+def override_dataclass(settings: Any, changes: Mapping[str, Any], where: str) -> Any:
+    """A copy of the frozen dataclass ``settings`` with ``changes`` applied, strings read as each
+    field's type; an unknown field raises ValueError naming ``where`` and the valid fields."""
     hints = typing.get_type_hints(type(settings))
     names = [f.name for f in dataclasses.fields(settings)]
     unknown = sorted(set(changes) - set(names))
@@ -201,7 +203,7 @@ def with_overrides(base: Preset, overrides: Mapping[str, Any]) -> Preset:
     unknown = sorted(set(nested) - set(components))
     if unknown:
         raise ValueError(f"unknown model component(s) {', '.join(unknown)}; known: {', '.join(components)}")
-    changed = {c: _override_settings(getattr(base, c), nested[c], c) for c in nested}
+    changed = {c: override_dataclass(getattr(base, c), nested[c], c) for c in nested}
     return dataclasses.replace(base, **changed)
 
 

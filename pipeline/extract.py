@@ -1,0 +1,275 @@
+"""Prior extraction on Ray: a dataset manifest in, webdataset shards of prior samples out.
+
+    python -m pipeline.extract --manifest M.parquet --out DIR [--preset tiny|default|quality]
+                               [--config YAML] [--set stages.describer.num_gpus=1 ...] [--retry-failed]
+    ray job submit --working-dir . -- python -m pipeline.extract --manifest ... --out /shared/priors
+
+The Ray Data graph: manifest rows → decode/validate (CPU tasks) → weight-free analysis (CPU) →
+degradation describer (MLLM) → captioner (MLLM) → reference synthesizer (diffusion) → CLIP
+embeddings → the driver, which gathers each shard's rows and writes the shard (pipeline.shards).
+With no cluster to join, ``ray.init`` starts a local one.
+
+Rerunning the same command skips complete shards; ``--retry-failed`` re-processes only the rows
+whose status is error and rewrites their shards with the earlier good samples kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import pipeline
+from pipeline import extract_config, manifest, shards, stages
+from pipeline.extract_config import ExtractConfig, StageResources
+from pipeline.sample_format import GT, LQ, REF, SampleFormatError, SampleMeta, encode_record
+
+STAGE_NAMES = ("decode", "analysis", "describer", "captioner", "reference", "clip")
+MODEL_STAGES = ("describer", "captioner", "reference", "clip")
+
+
+@dataclass
+class Work:
+    """What this run must do: rows to process by shard, and good records kept from earlier runs."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    expected: dict[int, int] = field(default_factory=dict)  # shard -> rows to gather this run
+    kept_records: dict[int, list[dict]] = field(default_factory=dict)
+    kept_status: dict[int, list[shards.StatusRow]] = field(default_factory=dict)
+
+
+def plan_work(rows: list[dict], out: Path, samples_per_shard: int, retry_failed: bool) -> tuple[Work, int]:
+    """Assign shards from the manifest and decide what is left to do in ``out``."""
+    by_key = {r["key"]: r for r in rows}
+    planned = shards.plan(list(by_key), samples_per_shard)
+    done = shards.completed(out)
+    work = Work()
+    for shard, keys in enumerate(planned):
+        todo = keys
+        if shard in done:
+            if not retry_failed:
+                continue
+            status = shards.read_status(out, shard)
+            failed = {s.key for s in status if s.status == "error"}
+            if not failed:
+                continue
+            kept = shards.read_records(out / shards.tar_name(shard))
+            work.kept_records[shard] = [r for k, r in kept.items() if k not in failed]
+            work.kept_status[shard] = [s for s in status if s.status == "ok"]
+            todo = [k for k in keys if k in failed]
+        work.expected[shard] = len(todo)
+        work.rows.extend({**by_key[k], "shard": shard} for k in todo)
+    return work, len(planned)
+
+
+def build_dataset(work: Work, config: ExtractConfig):
+    """The Ray Data graph over this run's rows (lazy: nothing runs until iterated)."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    models = config.resolved_models()
+    table = pa.Table.from_pylist(work.rows)
+    # Small blocks keep every stage busy early and bound the memory of a block of decoded images.
+    block_rows = max(1, min(config.stages.decode.batch_size, 64))
+    ds = ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)])
+
+    def run(ds, fn, res: StageResources, actor: bool, **kwargs):
+        options: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "numpy", "num_cpus": res.num_cpus}
+        if res.num_gpus:
+            options["num_gpus"] = res.num_gpus
+        if actor:
+            return ds.map_batches(fn, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=res.concurrency),
+                                  **options)
+        return ds.map_batches(fn, fn_kwargs=kwargs, **options)
+
+    s = config.stages
+    ds = run(ds, stages.decode_batch, s.decode, False, max_pixels=config.max_pixels)
+    ds = run(ds, stages.AnalysisStage, s.analysis, True)
+    ds = run(ds, stages.DescriberStage, s.describer, True, settings=models.mllm, use_hint=config.analysis_hint)
+    ds = run(ds, stages.CaptionerStage, s.captioner, True, settings=models.mllm)
+    if config.reference:
+        ds = run(ds, stages.ReferenceStage, s.reference, True, settings=models.diffusion)
+    return run(ds, stages.ClipStage, s.clip, True, settings=models.clip)
+
+
+def _provenance(row: dict, config_hash: str) -> dict:
+    models = {stage: json.loads(row[f"prov_{stage}"]) for stage in MODEL_STAGES if row.get(f"prov_{stage}")}
+    return {
+        "models": models,
+        "seeds": {"reference": stages.reference_seed(row["key"]) if row.get("ref_png") else None,
+                  "synthesis": row.get("seed")},
+        "code_version": pipeline.__version__, "config_hash": config_hash,
+    }
+
+
+def to_record(row: dict, config_hash: str) -> dict:
+    """The webdataset record of a finished row (raises SampleFormatError if it breaks the format)."""
+    meta = SampleMeta(
+        key=row["key"], dataset=row["dataset"], split=row["split"], task=row["task"],
+        width=int(row["width"]), height=int(row["height"]),
+        source={"lq": row["lq_uri"], "gt": row["gt_uri"], "lq_sha256": row["lq_sha256"], "gt_sha256": row["gt_sha256"]},
+        degradations=json.loads(row["params"]), degradation_text=row["degradation_text"],
+        degradation_types=stages.merge_types(row["degradation_text"], row["analysis"]),
+        caption=row["caption"], analysis=json.loads(row["analysis"]) if row["analysis"] else None,
+        provenance=_provenance(row, config_hash),
+    )
+    pngs = {LQ: row["lq_png"]}
+    if row["gt_png"]:
+        pngs[GT] = row["gt_png"]
+    if row.get("ref_png"):
+        pngs[REF] = row["ref_png"]
+    return encode_record(meta, pngs, row["npz"] or None)
+
+
+@dataclass
+class Totals:
+    ok: int = 0
+    failed: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    errors: list[str] = field(default_factory=list)
+
+
+def _finish_shard(out: Path, shard: int, rows: list[dict], work: Work, config_hash: str, totals: Totals) -> dict:
+    records = list(work.kept_records.get(shard, []))
+    status = list(work.kept_status.get(shard, []))
+    seconds: dict[str, float] = defaultdict(float)
+    for row in rows:
+        for stage in STAGE_NAMES:
+            seconds[stage] += float(row.get(f"t_{stage}", 0.0) or 0.0)
+        if not row["error"]:
+            try:
+                records.append(to_record(row, config_hash))
+            except SampleFormatError as e:
+                row["error"], row["failed_stage"] = f"write: {e}", "write"
+        if row["error"]:
+            status.append(shards.StatusRow(row["key"], shard, "error", row["failed_stage"], row["error"]))
+            totals.failed += 1
+            if len(totals.errors) < 20:
+                totals.errors.append(f"{row['key']}: {row['error']}")
+        else:
+            status.append(shards.StatusRow(row["key"], shard, "ok"))
+            totals.ok += 1
+    for stage, t in seconds.items():
+        totals.stage_seconds[stage] += t
+    first = next((r for r in rows if not r["error"]), None)
+    extra = {"config_hash": config_hash, "stage_seconds": dict(seconds), "finished": time.time()}
+    if first is not None and first["npz"]:
+        with np.load(io.BytesIO(first["npz"]), allow_pickle=False) as z:
+            extra["embedding_dims"] = {"E": int(z["clip_image"].shape[0]), "W": int(z["caption_tokens"].shape[1])}
+    if first is not None:
+        extra["models"] = {stage: {"id": p["model"], "revision": p.get("revision"), "commit": p.get("resolved"),
+                                   "class": p.get("class"), "dtype": p.get("dtype")}
+                           for stage, p in ((s, json.loads(first[f"prov_{s}"])) for s in MODEL_STAGES
+                                            if first.get(f"prov_{s}"))}
+    return shards.write_shard(out, shard, records, status, extra)
+
+
+def _check_config(out: Path, config: ExtractConfig, config_hash: str, manifest_path: str) -> None:
+    saved = out / "config.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text()).get("output_hash")
+        if previous != config_hash:
+            raise SystemExit(f"{out} holds shards of another configuration or manifest (hash {previous}, this run "
+                             f"{config_hash}); use a new --out folder, or the same settings to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"output_hash": config_hash, "manifest": str(manifest_path), **config.to_dict()},
+                                indent=1, sort_keys=True, default=str))
+
+
+def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_failed: bool = False,
+            address: str | None = None, num_cpus: int | None = None) -> dict:
+    """Run the extraction; returns the index written (``index.json``)."""
+    import ray
+
+    out = Path(out_dir)
+    rows = manifest.read(manifest_path)
+    manifest_sha = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
+    config_hash = config.output_hash(manifest_sha)
+    _check_config(out, config, config_hash, manifest_path)
+    work, shard_count = plan_work(rows, out, config.samples_per_shard, retry_failed)
+    print(f"{len(rows)} manifest rows in {shard_count} shards; {len(work.rows)} rows to process "
+          f"in {len(work.expected)} shards, {shard_count - len(work.expected)} shards already complete")
+    totals = Totals()
+    start = time.time()
+    if work.rows:
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=num_cpus if not address else None, log_to_driver=False)
+        gathered: dict[int, list[dict]] = defaultdict(list)
+        for row in build_dataset(work, config).iter_rows():
+            row = dict(row)
+            shard = int(row["shard"])
+            gathered[shard].append(row)
+            if len(gathered[shard]) == work.expected[shard]:
+                stats = _finish_shard(out, shard, gathered.pop(shard), work, config_hash, totals)
+                print(f"shard {stats['name']}: {stats['samples']} ok, {stats['failed']} failed, {stats['bytes']} bytes")
+        if gathered:
+            raise RuntimeError(f"shards {sorted(gathered)} did not receive all their rows; rerun to resume")
+    elapsed = time.time() - start
+    models = config.resolved_models()
+    all_stats = [shards.read_stats(out, i) for i in range(shard_count)]
+    header = {"preset": config.preset, "config_hash": config_hash,
+              "models": next((st["models"] for st in all_stats if "models" in st), {}),
+              "settings": {"mllm": models.mllm.model, "diffusion": models.diffusion.model,
+                           "clip": f"{models.clip.model}:{models.clip.pretrained}"},
+              "embedding_dims": next((st["embedding_dims"] for st in all_stats if "embedding_dims" in st), {})}
+    index = shards.write_index(out, Path(out).name, shard_count, header)
+    print(summary(index, totals, elapsed, len(work.rows)))
+    return index
+
+
+def summary(index: dict, totals: Totals, elapsed: float, processed: int) -> str:
+    lines = ["== extraction summary ==",
+             f"dataset: {index['samples']} ok + {index['failed']} failed = {index['samples'] + index['failed']} rows "
+             f"in {len(index['shards'])} shards",
+             f"this run: {totals.ok} ok, {totals.failed} failed of {processed} rows in {elapsed:.1f} s"
+             + (f" ({processed / elapsed:.2f} samples/s)" if processed and elapsed > 0 else "")]
+    if processed:
+        total_stage = sum(totals.stage_seconds.values()) or 1.0
+        lines.append("time per stage (summed over workers, per sample): " + ", ".join(
+            f"{s} {totals.stage_seconds[s] / processed * 1000:.0f} ms ({totals.stage_seconds[s] / total_stage:.0%})"
+            for s in STAGE_NAMES if s in totals.stage_seconds))
+    for e in totals.errors:
+        lines.append(f"  failed: {e}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.extract", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--manifest", required=True, help="dataset manifest parquet (pipeline.manifest)")
+    ap.add_argument("--out", required=True, help="output folder for shards, status, stats and index.json")
+    ap.add_argument("--preset", default=None, help="model preset: tiny, default or quality (default: tiny)")
+    ap.add_argument("--config", default=None, help="YAML extraction config (see pipeline/extract_config.py)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. stages.describer.num_gpus=1 or models.mllm.max_new_tokens=32")
+    ap.add_argument("--samples-per-shard", type=int, default=None)
+    ap.add_argument("--retry-failed", action="store_true", help="re-process only rows whose status is error")
+    ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    args = ap.parse_args(argv)
+    sets = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        sets[key] = value
+    fields = {k: v for k, v in (("preset", args.preset), ("samples_per_shard", args.samples_per_shard)) if v is not None}
+    try:
+        config = extract_config.load(args.config, sets, **fields)
+    except ValueError as e:
+        ap.error(str(e))
+    index = extract(args.manifest, args.out, config, args.retry_failed, args.address, args.num_cpus)
+    return 0 if index["samples"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The configuration of an extraction run, in one typed place.
+
+Defaults here; a YAML file (``--config``) and ``--set section.field=value`` flags override them.
+The resolved configuration is written next to the shards, and its output-relevant part is hashed:
+a rerun into the same folder with a different hash is refused rather than mixing priors of two
+configurations in one dataset.
+
+Example YAML for a GPU cluster::
+
+    preset: default
+    samples_per_shard: 1024
+    stages:
+      describer: {num_gpus: 1, batch_size: 16, concurrency: 4}
+      captioner: {num_gpus: 1, batch_size: 16, concurrency: 4}
+      reference: {num_gpus: 1, batch_size: 8, concurrency: 4}
+      clip:      {num_gpus: 0.5, batch_size: 64, concurrency: 2}
+    models:
+      mllm: {max_new_tokens: 64}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from pipeline.image_files import MAX_PIXELS
+from pipeline.models import presets
+from pipeline.models.presets import override_dataclass
+from pipeline.sample_format import FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """How one Ray Data stage runs: rows per call, actors in its pool, resources per actor."""
+
+    batch_size: int = 4
+    concurrency: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 0.25
+
+
+# Every stage reserves a quarter CPU by default. On a GPU node the GPU is a model actor's real
+# resource; on a small CPU machine, whole-CPU reservations for six stages cannot all be placed at
+# once and the streaming executor stalls waiting for the last actor pool (seen on 2 cores).
+@dataclass(frozen=True)
+class Stages:
+    decode: StageResources = StageResources(batch_size=16)
+    analysis: StageResources = StageResources(batch_size=16)
+    describer: StageResources = StageResources()
+    captioner: StageResources = StageResources()
+    reference: StageResources = StageResources()
+    clip: StageResources = StageResources(batch_size=16)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    preset: str = "tiny"
+    samples_per_shard: int = 256
+    # Render a diffusion reference for every sample (the most expensive stage; off = no ref.png).
+    reference: bool = True
+    # Put the weight-free analysis's sentence into the describer's prompt as a hint to check.
+    analysis_hint: bool = True
+    max_pixels: int = MAX_PIXELS
+    stages: Stages = Stages()
+    # Overrides of the preset's model settings, nested as {"mllm": {"max_new_tokens": 32}}.
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def resolved_models(self) -> presets.Preset:
+        return presets.with_overrides(presets.preset(self.preset), self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["resolved_models"] = presets.as_dict(self.resolved_models())
+        return d
+
+    def output_hash(self, manifest_sha256: str) -> str:
+        """Hash of everything that changes the bytes written (not the resources used to write them)."""
+        relevant = {
+            "format_version": FORMAT_VERSION, "manifest": manifest_sha256,
+            "samples_per_shard": self.samples_per_shard, "reference": self.reference,
+            "analysis_hint": self.analysis_hint, "max_pixels": self.max_pixels,
+            "models": presets.as_dict(self.resolved_models()),
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _nest(flat: Mapping[str, str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def _apply(config: ExtractConfig, changes: Mapping[str, Any]) -> ExtractConfig:
+    changes = dict(changes)
+    models = changes.pop("models", None)
+    stage_changes = changes.pop("stages", None) or {}
+    config = override_dataclass(config, changes, "config") if changes else config
+    if stage_changes:
+        if not isinstance(stage_changes, Mapping):
+            raise ValueError("config.stages must map stage names to their resources")
+        names = [f.name for f in dataclasses.fields(Stages)]
+        unknown = sorted(set(stage_changes) - set(names))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(names)}")
+        stages = dataclasses.replace(config.stages, **{
+            name: override_dataclass(getattr(config.stages, name), res, f"stages.{name}")
+            for name, res in stage_changes.items()})
+        config = dataclasses.replace(config, stages=stages)
+    if models:
+        merged = {k: dict(v) for k, v in config.models.items()}
+        for component, fields in models.items():
+            merged.setdefault(component, {}).update(fields)
+        config = dataclasses.replace(config, models=merged)
+    config.resolved_models()  # an unknown preset or model field fails here, before any work
+    return config
+
+
+def load(path: str | None = None, sets: Mapping[str, str] | None = None, **fields: Any) -> ExtractConfig:
+    """Defaults, then the YAML file at ``path``, then keyword fields, then dotted ``sets``."""
+    config = ExtractConfig()
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: an extraction config is a YAML mapping")
+        config = _apply(config, data)
+    if fields:
+        config = _apply(config, fields)
+    if sets:
+        config = _apply(config, _nest(sets))
+    return config

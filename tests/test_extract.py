@@ -1,0 +1,236 @@
+"""Prior extraction end to end on a real Ray, real tiny models and real shards on disk."""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from pipeline import extract, extract_config, manifest, shards
+from pipeline import sample_format as sf
+from pipeline.image_files import decode_rgb, encode_png, sha256_hex
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small batches: several batches per stage, and a failing sample shares a batch with good ones.
+SETS = {"stages.describer.batch_size": "3", "stages.captioner.batch_size": "3", "stages.reference.batch_size": "3",
+        "stages.clip.batch_size": "3", "stages.decode.batch_size": "4", "stages.analysis.batch_size": "4"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _row(key: str, lq: Path, gt: Path | None, degradation: str = "rain") -> dict:
+    def info(path):
+        data = path.read_bytes() if path.exists() else b""
+        try:
+            img = decode_rgb(data, str(path)).pixels
+            return sha256_hex(data), img.shape[1], img.shape[0]
+        except ValueError:
+            return (sha256_hex(data) if data else ""), 0, 0
+    lq_sha, w, h = info(lq)
+    return {"key": key, "dataset": "t", "split": "test", "task": "derain", "degradation": degradation,
+            "params": json.dumps([{"type": degradation, "params": {}}]), "seed": None,
+            "lq_uri": str(lq), "gt_uri": str(gt) if gt else None, "width": w, "height": h,
+            "lq_sha256": lq_sha, "gt_sha256": info(gt)[0] if gt else None, "notes": ""}
+
+
+def _write_manifest(rows: list[dict], path: Path) -> str:
+    pq.write_table(pa.Table.from_pylist(sorted(rows, key=lambda r: r["key"]), schema=manifest.SCHEMA), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rain_manifest(tmp_path_factory, shared_data) -> str:
+    """Eight real Rain12 pairs, small enough for the tiny models to get through quickly."""
+    folder = tmp_path_factory.mktemp("rain")
+    rows = []
+    for i in range(1, 9):
+        for side, sub in (("lq", "input"), ("gt", "target")):
+            img = Image.open(shared_data / f"derain/Rain12/{sub}/rain-{i:03d}.png").convert("RGB").resize((96, 64))
+            img.save(folder / f"{side}{i}.png")
+        rows.append(_row(sf.make_key("rain12", "test", f"rain-{i:03d}.png"), folder / f"lq{i}.png", folder / f"gt{i}.png"))
+    return _write_manifest(rows, folder / "manifest.parquet")
+
+
+def _shard_digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
+
+
+def _keys(out: Path) -> list[str]:
+    keys = []
+    for tar in sorted(out.glob("*.tar")):
+        keys += [s["__key__"] for s in wds.WebDataset(str(tar), shardshuffle=False)]
+    return keys
+
+
+def test_faults_are_recorded_and_the_job_completes(tmp_path, shared_data, awkward_images, ray_local):
+    good = Image.open(shared_data / "deblur/Set3C/leaves.png").convert("RGB").resize((64, 48))
+    files = {"good": encode_png(np.asarray(good)), **{k: awkward_images[k] for k in
+             ("truncated", "zero_byte", "tiny_1x1", "gray", "rgba", "gray16")}}
+    files["too_many_pixels"] = encode_png(np.zeros((300, 300, 3), np.uint8))
+    files["wide"] = encode_png(np.zeros((8, 1800, 3), np.uint8))  # the MLLM's processor refuses aspect > 200
+    rows = []
+    for name, data in files.items():
+        (tmp_path / f"{name}.png").write_bytes(data)
+        rows.append(_row(f"t_{name}", tmp_path / f"{name}.png", None))
+    rows.append(_row("t_missing", tmp_path / "missing.png", None))
+    path = _write_manifest(rows, tmp_path / "m.parquet")
+    config = extract_config.load(None, {**SETS, "max_pixels": "50000"}, samples_per_shard=4)
+    out = tmp_path / "out"
+    index = extract.extract(path, str(out), config)
+
+    status = {r["key"]: r for i in range(3) for r in pq.read_table(out / shards.status_name(i)).to_pylist()}
+    assert len(status) == len(rows) == index["samples"] + index["failed"]
+    ok = {k for k, r in status.items() if r["status"] == "ok"}
+    assert ok == {"t_good", "t_gray", "t_rgba", "t_gray16"}
+    reasons = {k: r["error"] for k, r in status.items() if r["status"] == "error"}
+    assert "truncated" in reasons["t_truncated"] and "empty file" in reasons["t_zero_byte"]
+    assert "at least" in reasons["t_tiny_1x1"] and "exceeds the limit of 50000" in reasons["t_too_many_pixels"]
+    assert "cannot read file" in reasons["t_missing"]
+    assert status["t_wide"]["stage"] == "describer" and "aspect ratio" in reasons["t_wide"]
+    assert all(str(tmp_path) in reasons[k] for k in reasons if k != "t_wide")  # decode errors name the file
+
+    samples = {}
+    for shard in index["shards"]:
+        tar = out / shard["name"]
+        assert hashlib.sha256(tar.read_bytes()).hexdigest() == shard["sha256"] and tar.stat().st_size == shard["bytes"]
+        for record in wds.WebDataset(str(tar), shardshuffle=False):
+            samples[record["__key__"]] = sf.decode_sample(record)
+    assert set(samples) == ok
+    s = samples["t_good"]
+    assert s.ref is not None and s.embeddings["caption_tokens"].shape[0] == sf.TOKEN_POSITIONS
+    assert s.meta.caption and s.meta.degradation_text and s.meta.analysis["degradations"]
+    assert set(s.meta.provenance["models"]) == {"describer", "captioner", "reference", "clip"}
+    assert s.meta.provenance["seeds"]["reference"] is not None
+    assert index["embedding_dims"]["W"] == s.embeddings["caption_tokens"].shape[1]
+    assert index["config_hash"] and index["format_version"] == sf.FORMAT_VERSION
+
+
+def test_retry_failed_reprocesses_only_failed_rows(tmp_path, rain_manifest, ray_local):
+    rows = manifest.read(rain_manifest)
+    missing = Path(rows[3]["lq_uri"])
+    saved = missing.read_bytes()
+    missing.unlink()
+    config = extract_config.load(None, SETS, samples_per_shard=3, reference=False)
+    out = tmp_path / "out"
+    try:
+        first = extract.extract(rain_manifest, str(out), config)
+    finally:
+        missing.write_bytes(saved)
+    assert (first["samples"], first["failed"]) == (7, 1)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
+    again = extract.extract(rain_manifest, str(out), config)  # resume: nothing to do
+    assert again == first
+    retried = extract.extract(rain_manifest, str(out), config, retry_failed=True)
+    assert (retried["samples"], retried["failed"]) == (8, 0)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
+    changed = [n for n in after if after[n] != before[n]]
+    assert changed == [shards.stats_name(1)]  # rows[3] is in shard 1
+    assert sorted(_keys(out)) == sorted(r["key"] for r in rows)
+
+
+def _run_cli(manifest_path: str, out: Path, **popen) -> subprocess.Popen:
+    sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
+    return subprocess.Popen([sys.executable, "-m", "pipeline.extract", "--manifest", manifest_path, "--out", str(out),
+                             "--samples-per-shard", "2", "--num-cpus", "2", *sets], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_killed_driver_resumes_to_exactly_the_uninterrupted_shards(tmp_path, rain_manifest):
+    straight = tmp_path / "straight"
+    proc = _run_cli(rain_manifest, straight)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+
+    killed = tmp_path / "killed"
+    proc = _run_cli(rain_manifest, killed, start_new_session=True)
+    deadline = time.time() + 600
+    while not list(killed.glob("*_stats.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only, mid-way: at least one shard done, not all
+    proc.wait()
+    done = len(list(killed.glob("*_stats.json")))
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # then whatever Ray processes it left
+    except ProcessLookupError:
+        pass
+    assert 1 <= done < 4, f"kill landed after {done} of 4 shards"
+
+    proc = _run_cli(rain_manifest, killed)
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    assert f"{4 - done} rows to process" not in output and "shards already complete" in output
+    assert _shard_digests(killed) == _shard_digests(straight)
+    keys = _keys(killed)
+    assert len(keys) == len(set(keys)) == 8 and sorted(keys) == sorted(_keys(straight))
+    assert json.loads((killed / "index.json").read_text())["shards"] == json.loads((straight / "index.json").read_text())["shards"]
+
+
+def test_a_different_configuration_is_refused_in_the_same_folder(tmp_path, rain_manifest):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"output_hash": "0123"}))
+    with pytest.raises(SystemExit, match="another configuration"):
+        extract.extract(rain_manifest, str(out), extract_config.load())
+
+
+def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env)
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391",
+                            "--dashboard-host=127.0.0.1", "--dashboard-port=8271", "--num-cpus=2",
+                            "--include-dashboard=true", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        out = tmp_path / "job_out"
+        sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
+        job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8271", "--",
+                              sys.executable, "-m", "pipeline.extract", "--manifest", rain_manifest,
+                              "--out", str(out), "--samples-per-shard", "4", "--set", "reference=false", *sets],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+        index = json.loads((out / "index.json").read_text())
+        assert index["samples"] == 8 and len(index["shards"]) == 2
+        assert not any(name.endswith(".ref.png") for tar in out.glob("*.tar") for name in _members(tar))
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def _members(tar: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        return t.getnames()
+
+
+def test_shard_bytes_do_not_depend_on_arrival_order():
+    records = [{"__key__": f"k{i}", sf.LQ: bytes([i]) * 10, sf.META: b"{}"} for i in range(5)]
+    assert shards.tar_bytes(records) == shards.tar_bytes(records[::-1])
+    names = [m for m in _members_of(shards.tar_bytes(records))]
+    assert names[:2] == ["k0.lq.png", "k0.json"]
+
+
+def _members_of(data: bytes) -> list[str]:
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        return [(m.name) for m in t.getmembers() if m.mtime == shards.FIXED_MTIME and m.uid == 0]
