@@ -19,6 +19,7 @@ from restore.model import (
     restore_tiled,
     tiny,
 )
+from restore.model.prior_blocks import LocalReferenceAttention
 from restore.model.priors import random_priors
 from restore.model.summary import RESTORMER_CONV_GMACS, RESTORMER_PARAMS, format_table, summarize
 
@@ -251,3 +252,17 @@ def test_summary_table_lists_every_component():
     assert all(r.attention_macs > 0 for r in rows if r.name in ("encoder1", "reference_blocks", "content_blocks"))
     table = format_table(rows, 32)
     assert "| **total** |" in table and "reference_blocks (prior)" in table
+
+
+@pytest.mark.parametrize("window, margin", [(8, 0), (4, 4)])
+def test_local_reference_attention_sees_exactly_its_neighbourhood(window, margin):
+    # When every window's neighbourhood spans the whole (padded) image, local attention must
+    # equal plain attention over all real reference pixels: the padding gets no weight.
+    torch.manual_seed(0)
+    attention = LocalReferenceAttention(dim=6, ref_channels=4, heads=2, window=window, margin=margin)
+    x, ref = torch.randn(2, 6, 6, 7), torch.randn(2, 4, 6, 7)
+    q = attention.to_q(x).flatten(2).reshape(2, 2, 2, 42).transpose(-1, -2)
+    k, v = (t.flatten(2).reshape(2, 2, 2, 42).transpose(-1, -2) for t in attention.to_kv(ref).chunk(2, dim=1))
+    weights = (q @ k.transpose(-1, -2) / 2 ** 0.5).softmax(dim=-1)
+    expected = attention.to_out((weights @ v).transpose(-1, -2).reshape(2, 4, 6, 7))
+    torch.testing.assert_close(attention(x, ref), expected, atol=1e-5, rtol=0)
