@@ -59,7 +59,8 @@ class PromptEncoder(nn.Module):
 
     def forward(self, priors: Priors, batch: int) -> Tensor:
         device = self.queries.device
-        text, text_mask = self._text(priors, batch, device)
+        text, text_mask = encode_tokens(priors, "degradation", self.text_proj, self.null[0] + self.source[0],
+                                        self.token_width, batch, device, offset=self.source[0])
         clip = self._single(priors, "clip_image", self.clip_proj, self.clip_width, 1, batch, device)
         vector = self._single(priors, "degradation_vector", self.vector_proj, self.num_types, 2, batch, device)
         context = torch.cat([text, clip, vector], dim=1)
@@ -69,11 +70,6 @@ class PromptEncoder(nn.Module):
         for layer in self.layers:
             queries = layer(queries, context, mask)
         return self.norm(queries)
-
-    def _text(self, priors: Priors, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        null = self.null[0] + self.source[0]
-        return encode_tokens(priors, "degradation", self.text_proj, null, self.token_width, batch, device,
-                             offset=self.source[0])
 
     def _single(self, priors: Priors, name: str, proj: nn.Module, width: int, index: int,
                 batch: int, device: torch.device) -> Tensor:
