@@ -2,7 +2,7 @@
 
 The classifier scores every analysed type; the types reported are the most likely one and every
 other degradation scoring at least ``DETECT``, strongest first, or ``clean``. Parameters are the
-classical estimates (σ calibrated by the classifier's fit); a JPEG file's own quantisation table,
+classical estimates; a JPEG file's own quantisation table,
 when the bytes are given, replaces the pixel estimate of its quality.
 """
 
@@ -99,8 +99,8 @@ def analyze(pixels: np.ndarray, jpeg_bytes: bytes | None = None, model: Classifi
     raw = measured.vector()[None].astype(np.float64)
     probs = model.scores(raw)[0]
     scores = {t: float(p) for t, p in zip(ANALYSED_TYPES, probs)}
-    sigma = float(model.sigma(raw)[0])
     m = measured.values
+    sigma = m["noise_sigma"]
     quality, source = m["jpeg_quality"], "pixels"
     if jpeg_bytes is not None:
         from_table = est.quality_from_jpeg_bytes(jpeg_bytes)

@@ -1,8 +1,7 @@
 """The small classifier over the classical measurements: numpy inference, safetensors weights.
 
 A one-hidden-layer perceptron with one sigmoid output per analysed type (an image can carry
-several), plus a linear calibration of the PCA noise σ (clipping at 0 and 255 makes the raw
-estimate read low at large σ). Trained by ``pipeline.analysis.train``; the weights file is a few
+several). Parameters (σ, quality, …) are the estimators' own, uncalibrated. Trained by ``pipeline.analysis.train``; the weights file is a few
 kilobytes and ships inside the package.
 """
 
@@ -22,8 +21,6 @@ from pipeline.analysis.features import FEATURE_NAMES
 # vocabulary: raindrop, shadow and inpainting have no synthetic model to learn from yet).
 ANALYSED_TYPES: tuple[str, ...] = ("clean", "noise", "blur", "jpeg", "low-light", "haze", "rain", "snow")
 WEIGHTS = Path(__file__).with_name("weights.safetensors")
-# Inputs to the σ calibration: raw σ and its interactions with the clipping-prone shares.
-SIGMA_TERMS: tuple[str, ...] = ("noise_sigma", "exp_dark", "exp_bright", "exp_p1", "exp_p99")
 
 
 def transform(x: np.ndarray) -> np.ndarray:
@@ -31,17 +28,9 @@ def transform(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def sigma_design(raw: np.ndarray) -> np.ndarray:
-    """Design matrix of the σ calibration from rows of FEATURE_NAMES-ordered measurements."""
-    idx = [FEATURE_NAMES.index(n) for n in SIGMA_TERMS]
-    sigma = raw[:, idx[0]:idx[0] + 1]
-    others = raw[:, idx[1:]]
-    return np.concatenate([np.ones_like(sigma), sigma, sigma * others, sigma * sigma / 50.0], axis=1)
-
-
 @dataclass(frozen=True)
 class Classifier:
-    """Weights of the perceptron and the σ calibration."""
+    """Weights of the perceptron and the standardisation of its inputs."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -49,7 +38,6 @@ class Classifier:
     b1: np.ndarray
     w2: np.ndarray
     b2: np.ndarray
-    sigma_coef: np.ndarray
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
         """Per-type probabilities (N, len(ANALYSED_TYPES)) for raw measurement rows (N, F)."""
@@ -57,14 +45,10 @@ class Classifier:
         hidden = np.maximum(z @ self.w1 + self.b1, 0.0)
         return 1.0 / (1.0 + np.exp(-(hidden @ self.w2 + self.b2)))
 
-    def sigma(self, raw: np.ndarray) -> np.ndarray:
-        """Calibrated noise σ (0..255 scale) for raw measurement rows."""
-        return np.clip(sigma_design(raw) @ self.sigma_coef, 0.0, None)
-
     def save(self, path: Path = WEIGHTS, info: dict | None = None) -> None:
         """Write the weights as safetensors; names and ``info`` go into its string metadata."""
         meta = {"features": json.dumps(FEATURE_NAMES), "types": json.dumps(ANALYSED_TYPES),
-                "sigma_terms": json.dumps(SIGMA_TERMS), "info": json.dumps(info or {})}
+                "info": json.dumps(info or {})}
         arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in self.__dict__.items()}
         save_file(arrays, str(path), metadata=meta)
 
@@ -75,7 +59,7 @@ class Classifier:
 
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
-        for key, expected in (("features", FEATURE_NAMES), ("types", ANALYSED_TYPES), ("sigma_terms", SIGMA_TERMS)):
+        for key, expected in (("features", FEATURE_NAMES), ("types", ANALYSED_TYPES)):
             if tuple(json.loads(meta.get(key, "[]"))) != expected:
                 raise ValueError(f"{path}: weights were trained for other {key} than this code measures; "
                                  "retrain with python -m pipeline.analysis.train")

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from pipeline import degrade
-from pipeline.analysis.classifier import ANALYSED_TYPES, WEIGHTS, Classifier, sigma_design, transform
+from pipeline.analysis.classifier import ANALYSED_TYPES, WEIGHTS, Classifier, transform
 from pipeline.analysis.features import measure
 
 # Natural photographs from skimage.data. Left out: hubble_deep_field and moon (dark by nature, so
@@ -57,7 +57,6 @@ def label_types(applied: list[dict]) -> set[str]:
 class Example:
     features: np.ndarray
     labels: np.ndarray
-    sigma: float  # Gaussian noise σ applied, NaN when none
     photo: str
 
 
@@ -107,10 +106,8 @@ def _examples_for_photo(args: tuple[str, int, int]) -> list[Example]:
                 s = degrade.seed_for(f"{name}/{i}/{j}/{k}/{seed}")
                 img, applied = degrade.apply(crop, spec, s) if spec else (crop, [])
                 types = label_types(applied)
-                sigma = next((float(a["params"]["sigma"]) for a in applied
-                              if a["params"].get("kind") == "noise"), float("nan"))
                 labels = np.array([t in types for t in ANALYSED_TYPES], np.float32)
-                out.append(Example(measure(img).vector(), labels, sigma, name))
+                out.append(Example(measure(img).vector(), labels, name))
     return out
 
 
@@ -145,18 +142,13 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, seed: int, lr
 
 
 def fit(examples: list[Example], hidden: int = 32, steps: int = 3000, seed: int = 0) -> Classifier:
-    """Classifier (perceptron + σ calibration) fitted to ``examples``."""
+    """Classifier fitted to ``examples``."""
     raw = np.stack([e.features for e in examples]).astype(np.float64)
     labels = np.stack([e.labels for e in examples]).astype(np.float64)
     z = transform(raw)
     mean, std = z.mean(0), z.std(0) + 1e-6
     p = fit_mlp((z - mean) / std, labels, hidden, steps, seed)
-    sigmas = np.array([e.sigma for e in examples])
-    noisy = np.isfinite(sigmas)
-    design = sigma_design(raw[noisy])
-    ridge = 1e-3 * np.eye(design.shape[1])
-    coef = np.linalg.solve(design.T @ design + ridge, design.T @ sigmas[noisy])
-    return Classifier(mean, std, p["w1"], p["b1"], p["w2"], p["b2"], coef)
+    return Classifier(mean, std, p["w1"], p["b1"], p["w2"], p["b2"])
 
 
 def top1(model: Classifier, examples: list[Example]) -> float:
