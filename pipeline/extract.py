@@ -78,7 +78,9 @@ def build_dataset(work: Work, config: ExtractConfig):
     from ray.data import ActorPoolStrategy
 
     models = config.resolved_models()
-    table = pa.Table.from_pylist(work.rows)
+    # Nulls would reach the stages as NaN in numpy batches: carry "" and -1 instead, undone in to_record.
+    table = pa.Table.from_pylist([{**r, "gt_uri": r["gt_uri"] or "", "gt_sha256": r["gt_sha256"] or "",
+                                   "seed": -1 if r["seed"] is None else r["seed"]} for r in work.rows])
     # Small blocks keep every stage busy early and bound the memory of a block of decoded images.
     block_rows = max(1, min(config.stages.decode.batch_size, 64))
     ds = ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)])
@@ -107,7 +109,7 @@ def _provenance(row: dict, config_hash: str) -> dict:
     return {
         "models": models,
         "seeds": {"reference": stages.reference_seed(row["key"]) if row.get("ref_png") else None,
-                  "synthesis": row.get("seed")},
+                  "synthesis": None if int(row["seed"]) < 0 else int(row["seed"])},
         "code_version": pipeline.__version__, "config_hash": config_hash,
     }
 
@@ -117,7 +119,8 @@ def to_record(row: dict, config_hash: str) -> dict:
     meta = SampleMeta(
         key=row["key"], dataset=row["dataset"], split=row["split"], task=row["task"],
         width=int(row["width"]), height=int(row["height"]),
-        source={"lq": row["lq_uri"], "gt": row["gt_uri"], "lq_sha256": row["lq_sha256"], "gt_sha256": row["gt_sha256"]},
+        source={"lq": row["lq_uri"], "gt": row["gt_uri"] or None, "lq_sha256": row["lq_sha256"],
+                "gt_sha256": row["gt_sha256"] or None},
         degradations=json.loads(row["params"]), degradation_text=row["degradation_text"],
         degradation_types=stages.merge_types(row["degradation_text"], row["analysis"]),
         caption=row["caption"], analysis=json.loads(row["analysis"]) if row["analysis"] else None,

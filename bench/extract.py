@@ -1,0 +1,79 @@
+"""Extraction throughput: the Ray pipeline against the same models in a plain Python loop.
+
+Both run in this process's run, on the same images (the demo dataset), with the same preset and
+batch size; both times include loading the models. Prints samples/s of each, their ratio
+(pipeline / loop: above 1 means orchestration costs less than the overlap of stages gains) and
+the per-stage time split of each.
+
+    python bench/extract.py [--samples 64] [--preset tiny] [--batch-size 4] [--num-cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import demo_data, extract, extract_config, manifest, stages
+
+
+def plain_loop(rows: list[dict], config: extract_config.ExtractConfig, batch_size: int) -> tuple[float, dict]:
+    """Every stage called in turn on each batch, one process, no Ray."""
+    models = config.resolved_models()
+    seconds: dict[str, float] = defaultdict(float)
+    start = time.perf_counter()
+    t = time.perf_counter()
+    analysis = stages.AnalysisStage()
+    describer = stages.DescriberStage(models.mllm, config.analysis_hint)
+    captioner = stages.CaptionerStage(models.mllm)
+    reference = stages.ReferenceStage(models.diffusion)
+    clip = stages.ClipStage(models.clip)
+    seconds["load"] = time.perf_counter() - t
+    for i in range(0, len(rows), batch_size):
+        batch = {k: [r[k] for r in rows[i:i + batch_size]] for k in rows[0]}
+        for name, fn in (("decode", lambda b: stages.decode_batch(b, config.max_pixels)), ("analysis", analysis),
+                         ("describer", describer), ("captioner", captioner), ("reference", reference), ("clip", clip)):
+            t = time.perf_counter()
+            batch = fn(batch)
+            seconds[name] += time.perf_counter() - t
+    return time.perf_counter() - start, dict(seconds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--num-cpus", type=int, default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = demo_data.build(demo_data.DemoConfig(out=str(Path(tmp) / "data")))
+        rows = manifest.read(path)[: args.samples]
+        small = str(Path(tmp) / "bench.parquet")
+        pq.write_table(pa.Table.from_pylist(rows, schema=manifest.SCHEMA), small)
+        sets = {f"stages.{s}.batch_size": str(args.batch_size) for s in extract.STAGE_NAMES}
+        config = extract_config.load(None, sets, preset=args.preset, samples_per_shard=max(1, len(rows) // 4))
+
+        loop_time, loop_split = plain_loop(rows, config, args.batch_size)
+        start = time.perf_counter()
+        extract.extract(small, str(Path(tmp) / "out"), config, num_cpus=args.num_cpus)
+        pipe_time = time.perf_counter() - start
+
+    n = len(rows)
+    print("\n== bench/extract.py ==")
+    print(f"samples: {n}, preset: {args.preset}, batch size: {args.batch_size}")
+    print(f"plain loop: {loop_time:.1f} s  ({n / loop_time:.2f} samples/s), models loaded once")
+    print(f"ray pipeline: {pipe_time:.1f} s  ({n / pipe_time:.2f} samples/s), Ray start and actor loading included")
+    print(f"ratio pipeline/loop: {loop_time / pipe_time:.2f}  (target ≥ 1.0)")
+    total = sum(v for k, v in loop_split.items() if k != "load") or 1.0
+    print("plain loop time split: load {:.1f} s; ".format(loop_split["load"]) + ", ".join(
+        f"{k} {v / total:.0%}" for k, v in loop_split.items() if k != "load"))
+
+
+if __name__ == "__main__":
+    main()
