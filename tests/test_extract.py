@@ -202,16 +202,33 @@ def test_a_different_configuration_is_refused_in_the_same_folder(tmp_path, rain_
         extract.extract(rain_manifest, str(out), extract_config.load())
 
 
+def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if head.poll() is not None:
+            raise AssertionError(f"ray start exited early:\n{head.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"no Ray dashboard at {url} after {timeout} s")
+
+
 def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_ADDRESS": ""}
-    subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env)
-    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391",
-                            "--dashboard-host=127.0.0.1", "--dashboard-port=8271", "--num-cpus=2",
-                            "--include-dashboard=true", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=180)
-    assert start.returncode == 0, start.stdout + start.stderr
+    # --block keeps the head's processes in one process group that the test owns and kills at the
+    # end; `ray stop` would also stop any other Ray on this machine.
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port=6391",
+                             "--dashboard-host=127.0.0.1", "--dashboard-port=8271", "--num-cpus=2",
+                             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
     try:
+        _wait_for_dashboard("http://127.0.0.1:8271", head, timeout=180)
         out = tmp_path / "job_out"
         sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
         job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8271", "--",
@@ -223,7 +240,12 @@ def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
         assert index["samples"] == 8 and len(index["shards"]) == 2
         assert not any(name.endswith(".ref.png") for tar in out.glob("*.tar") for name in _members(tar))
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
 
 
 def _members(tar: Path) -> list[str]:
