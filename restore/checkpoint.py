@@ -1,0 +1,213 @@
+"""Training checkpoints without pickle: everything a run needs to resume exactly.
+
+One checkpoint is one folder, written under a temporary name and renamed into place, so a run
+killed while saving leaves the previous checkpoints intact::
+
+    RUN/checkpoints/step_00001000/
+        config.json, model.safetensors     the EMA weights: Restorer.from_pretrained loads them
+        raw.safetensors                    the trained (non-EMA) weights
+        optimizer.safetensors              the optimizer's tensors (AdamW moments, steps)
+        training_state.safetensors         RNG states and other tensors of the trainer
+        training_state.json                step, samples seen, data positions, param groups, config
+    RUN/checkpoints/last -> step_00001000  relative symlinks, replaced atomically
+    RUN/checkpoints/best -> step_00000500
+
+``keep`` newest step folders are kept, plus whatever ``best`` points to.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+RAW = "raw.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+LAST, BEST = "last", "best"
+STEP_PREFIX = "step_"
+
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters *and* buffers (as timm's ModelEmaV2).
+
+    The decay ramps up as ``min(decay, (1 + updates) / (10 + updates))``, so early averages are
+    not dominated by the random initialisation in short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    def decay_at(self, updates: int) -> float:
+        return min(self.decay, (1 + updates) / (10 + updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, updates: int) -> None:
+        """Move the average towards ``model`` after its ``updates``-th optimizer step (0-based)."""
+        decay = self.decay_at(updates)
+        for averaged, current in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if averaged.is_floating_point():
+                averaged.lerp_(current.detach().to(averaged.dtype), 1.0 - decay)
+            else:
+                averaged.copy_(current)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer's state_dict as flat tensors (``state.<param>.<name>``) plus JSON for the rest."""
+    state = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{param}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of optimizer_to_files: load the state into ``optimizer``."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, param, name = key.split(".", 2)
+        state.setdefault(int(param), {})[name] = value
+    for param, values in meta["scalars"].items():
+        state.setdefault(int(param), {}).update(values)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def step_dirs(root: Path) -> list[Path]:
+    """Complete checkpoint folders under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.startswith(STEP_PREFIX)
+             and p.name[len(STEP_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def _point(root: Path, link: str, target: str) -> None:
+    tmp = root / f".{link}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(target, tmp)
+    os.replace(tmp, root / link)
+
+
+def save(root: str | Path, step: int, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+         state: dict[str, Any], tensors: dict[str, Tensor], keep: int, best: bool = False) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically, point ``last`` (and ``best``) at it, prune.
+
+    ``ema`` must have ``save_pretrained`` (a Restorer); ``state`` is JSON data, ``tensors`` CPU
+    tensors (RNG states and the like).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{STEP_PREFIX}{step:08d}"
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ema.save_pretrained(tmp)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / RAW))
+    opt_tensors, opt_meta = optimizer_to_files(optimizer)
+    save_file(opt_tensors, str(tmp / OPTIMIZER))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
+    _write_json(tmp / STATE_JSON, {**state, "step": step, "optimizer": opt_meta})
+    _fsync_dir(tmp)
+    final = root / name
+    if final.exists():  # the same step saved again (e.g. a resumed run's first save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _point(root, LAST, name)
+    if best:
+        _point(root, BEST, name)
+    _fsync_dir(root)
+    prune(root, keep)
+    return final
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints, never the ones ``last`` or ``best`` name."""
+    protected = {os.readlink(root / link) for link in (LAST, BEST) if (root / link).is_symlink()}
+    dirs = step_dirs(root)
+    for old in dirs[: max(0, len(dirs) - keep)]:
+        if old.name not in protected:
+            shutil.rmtree(old)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a checkpoint held besides the weights it loaded into the modules."""
+
+    path: Path
+    state: dict[str, Any]
+    tensors: dict[str, Tensor]
+
+
+def _load(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file: {e}") from e
+
+
+def load(directory: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> Loaded:
+    """Load weights, EMA weights and optimizer state of a checkpoint folder into the given objects."""
+    directory = Path(directory).resolve()
+    for name in (RAW, OPTIMIZER, STATE_TENSORS, STATE_JSON, "model.safetensors"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory}: not a training checkpoint, {name} is missing")
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device) for k, v in _load(directory / RAW).items()})
+    ema.load_state_dict({k: v.to(device) for k, v in _load(directory / "model.safetensors").items()})
+    state = json.loads((directory / STATE_JSON).read_text())
+    optimizer_from_files(optimizer, {k: v.to(device) for k, v in _load(directory / OPTIMIZER).items()},
+                         state["optimizer"])
+    return Loaded(directory, state, _load(directory / STATE_TENSORS))
+
+
+def read_state(directory: str | Path) -> dict[str, Any] | None:
+    """The training_state.json of a checkpoint folder, or None for a bare save_pretrained folder."""
+    path = Path(directory) / STATE_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def find(path: str | Path) -> Path:
+    """The weights folder ``path`` names: a checkpoint or save_pretrained folder itself, or a run
+    folder, whose ``checkpoints/best`` (else ``checkpoints/last``) is taken."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path.resolve()
+    for link in (BEST, LAST):
+        candidate = path / "checkpoints" / link
+        if (candidate / "model.safetensors").is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(f"{path}: no restorer here (neither model.safetensors nor a run's "
+                            f"checkpoints/{BEST} or checkpoints/{LAST})")

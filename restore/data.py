@@ -1,0 +1,449 @@
+"""Prior shards streamed into restorer batches, with webdataset, exactly resumable.
+
+``--shards`` (SPEC) may be a brace pattern of local tars (``out/{000000..000003}.tar``), an
+extraction's ``index.json``, a published-set manifest (path or URL; its shards are fetched and
+verified into the local cache first, see ``pipeline.shard_cache``) or a brace pattern of
+http(s) URLs. Decoding uses ``pipeline.sample_format.decode_sample`` only: webdataset's own
+decoders can unpickle, ours never do.
+
+The training stream of one rank is split into *logical workers*, one per DataLoader worker. A
+logical worker's stream is a sequence of epochs; epoch ``e`` draws shards with replacement
+(``resampled``) or walks this rank's and worker's share of them, passes raw records through a
+shuffle buffer, and cuts decoded, augmented samples into batches. Every random choice is seeded
+by (seed, rank, logical worker, epoch) and, per sample, by its raw position in the epoch, so the
+stream is a pure function of those numbers. Each batch carries its worker's position (epoch,
+raw records read, batches made); the trainer saves the positions and a resumed run skips raw
+records, without decoding them, to continue exactly where it stopped.
+
+Augmentation: one random crop, horizontal flip and rotation by a multiple of 90° applied alike
+to LQ, GT and the reference. The reference (rendered at the diffusion model's resolution) is
+first *resized to the LQ image's size*, the way tiled inference treats it, then cropped with
+the same window, so a crop sees the matching part of the reference.
+
+Bad data never ends a run: an unreadable tar (truncated, missing, a failed download) or a
+sample that breaks the format is skipped, counted per worker and logged at a limited rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import tarfile_samples
+
+from pipeline import shard_cache
+from pipeline.sample_format import GT, META, TOKEN_POSITIONS, Sample, SampleFormatError, decode_sample
+from pipeline.shards import INDEX
+from pipeline.vocabulary import DEGRADATION_TYPES
+from restore.model.priors import PRIOR_NAMES, Priors
+
+log = logging.getLogger("lmdir.data")
+
+PUBLISHED_SCHEMA = "lmdir-published-set"
+# After this many skip messages a worker only logs a summary, at most once per interval.
+SKIP_LOG_FIRST = 5
+SKIP_LOG_INTERVAL_S = 60.0
+# A stream that meets this many bad records or shards, or samples of another split, in a row
+# stops: the data (or the split asked for) is wrong, and waiting longer would only hang the run.
+BARREN_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """What a SPEC resolved to: shard URLs or paths, and what the index says about them."""
+
+    urls: tuple[str, ...]
+    samples: int | None = None  # total samples, when an index or manifest gives counts
+    prior_preset: str | None = None  # the extraction preset that made the priors, when known
+    embedding_dims: dict[str, int] = field(default_factory=dict)  # {"E": clip width, "W": token width}
+
+
+def _is_url(spec: str) -> bool:
+    return spec.startswith(("http://", "https://"))
+
+
+def _from_index(path: Path) -> ShardSource:
+    index = json.loads(path.read_text())
+    shards = index.get("shards")
+    if not isinstance(shards, list):
+        raise ValueError(f"{path}: neither an extraction index (no 'shards' list) nor a published-set manifest")
+    urls = tuple(str(path.parent / s["name"]) for s in shards if s.get("samples", 1) > 0)
+    if not urls:
+        raise ValueError(f"{path}: the index lists no shard with samples")
+    return ShardSource(urls, int(index.get("samples", 0)) or None, index.get("preset"),
+                       dict(index.get("embedding_dims") or {}))
+
+
+def _from_published(spec: str) -> ShardSource:
+    cache = shard_cache.open_cache(spec)
+    manifest = cache.manifest
+    presets = tuple(manifest.provenance.presets)
+    return ShardSource(tuple(cache.paths()), sum(s.samples for s in manifest.shards),
+                       presets[0] if len(presets) == 1 else None, dict(manifest.embedding_dims))
+
+
+def resolve(spec: str) -> ShardSource:
+    """Turn a ``--shards`` SPEC into shard paths or URLs (see the module docstring).
+
+    Local tars named by a pattern take their sample counts from an ``index.json`` beside them,
+    when there is one. Raises FileNotFoundError naming a missing local shard.
+    """
+    if shard_cache.is_manifest(spec):
+        if _is_url(spec):
+            return _from_published(spec)
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"{spec}: no such index or manifest file")
+        raw = json.loads(path.read_text())
+        if isinstance(raw, dict) and raw.get("schema") == PUBLISHED_SCHEMA:
+            return _from_published(spec)
+        return _from_index(path)
+    urls = tuple(braceexpand.braceexpand(spec))
+    if _is_url(spec):
+        return ShardSource(urls)
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--shards {spec}: {len(missing)} of {len(urls)} shard files do not exist, "
+                                f"e.g. {missing[0]}")
+    index_path = Path(urls[0]).parent / INDEX
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        counts = {s["name"]: int(s["samples"]) for s in index.get("shards", [])}
+        if all(Path(u).name in counts for u in urls):
+            return ShardSource(urls, sum(counts[Path(u).name] for u in urls), index.get("preset"),
+                               dict(index.get("embedding_dims") or {}))
+    return ShardSource(urls)
+
+
+def stream_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, the same in every process (Python's str hash is not)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class SkipCounter:
+    """Counts skipped tars and samples of one worker and logs them at a limited rate.
+
+    Used as webdataset's ``handler``: returning True tells it to continue after the error. With
+    a ``limit``, more than that many skips in a row (no ``reset`` between) raise instead: data
+    that is all bad should stop the run with a reason, not spin on it forever.
+    """
+
+    def __init__(self, where: str, limit: int | None = None):
+        self.where = where
+        self.limit = limit
+        self.count = 0
+        self.in_a_row = 0
+        self._last_log = 0.0
+        self._unlogged = 0
+
+    def reset(self) -> None:
+        """A good sample arrived."""
+        self.in_a_row = 0
+
+    def __call__(self, error: Exception) -> bool:
+        self.count += 1
+        self.in_a_row += 1
+        if self.limit is not None and self.in_a_row > self.limit:
+            raise RuntimeError(f"{self.where}: {self.limit} bad records or shards in a row, the data is "
+                               f"unusable; last error: {_short(error)}") from error
+        now = time.monotonic()
+        if self.count <= SKIP_LOG_FIRST:
+            log.warning("%s: skipped bad data (%d so far): %s", self.where, self.count, _short(error))
+            self._last_log = now
+        elif now - self._last_log >= SKIP_LOG_INTERVAL_S:
+            log.warning("%s: skipped %d more bad records or shards (%d so far); latest: %s",
+                        self.where, self._unlogged + 1, self.count, _short(error))
+            self._last_log, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+        return True
+
+
+def _short(error: Exception) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# --- samples to arrays -------------------------------------------------------------------------
+
+def prior_arrays(sample: Sample, token_width: int, clip_width: int) -> dict[str, np.ndarray]:
+    """The non-image priors of one sample as fixed-shape arrays plus presence flags.
+
+    Absent priors are zeros with a False flag, so any mix of samples stacks into one batch.
+    Raises SampleFormatError when the sample's embedding widths differ from the model's.
+    """
+    out: dict[str, np.ndarray] = {}
+    emb = sample.embeddings
+    if emb is not None:
+        width, e_width = emb["caption_tokens"].shape[1], emb["clip_image"].shape[0]
+        if (width, e_width) != (token_width, clip_width):
+            raise SampleFormatError(sample.key, "npz", f"embeddings are W={width}, E={e_width}; the restorer "
+                                                       f"expects W={token_width}, E={clip_width}")
+    positions = np.arange(TOKEN_POSITIONS)
+    for text in ("degradation", "caption"):
+        length = int(emb[f"{text}_length"]) if emb is not None else 0
+        tokens = emb[f"{text}_tokens"].astype(np.float32) if emb is not None else np.zeros(
+            (TOKEN_POSITIONS, token_width), np.float32)
+        out[f"{text}_tokens"] = tokens
+        out[f"{text}_mask"] = positions < length
+        out[f"present_{text}_tokens"] = np.bool_(length > 0)
+    out["clip_image"] = (emb["clip_image"].astype(np.float32) if emb is not None
+                         else np.zeros(clip_width, np.float32))
+    out["present_clip_image"] = np.bool_(emb is not None)
+    vector = (sample.meta.analysis or {}).get("vector")
+    if vector is not None and len(vector) != len(DEGRADATION_TYPES):
+        raise SampleFormatError(sample.key, META, f"analysis vector has {len(vector)} entries, the vocabulary "
+                                                  f"{len(DEGRADATION_TYPES)}")
+    out["degradation_vector"] = np.asarray(vector if vector is not None else [0.0] * len(DEGRADATION_TYPES),
+                                           np.float32)
+    out["present_degradation_vector"] = np.bool_(vector is not None)
+    return out
+
+
+def to_chw(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) → float32 (3, H, W) in [0, 1]."""
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def resize_rgb(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize uint8 RGB; area averaging when shrinking, bilinear when enlarging."""
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    shrink = width * height < pixels.shape[0] * pixels.shape[1]
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    pad_h, pad_w = max(0, size - img.shape[0]), max(0, size - img.shape[1])
+    if not (pad_h or pad_w):
+        return img
+    # Symmetric padding works for any pad size, unlike "reflect".
+    return np.pad(img, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+
+
+def training_example(sample: Sample, crop: int, rng: np.random.Generator, token_width: int,
+                     clip_width: int) -> dict[str, np.ndarray]:
+    """One augmented training example: the same crop, flip and rotation for LQ, GT and reference."""
+    if sample.gt is None:
+        raise SampleFormatError(sample.key, GT, "training needs a GT image")
+    height, width = sample.lq.shape[:2]
+    images = [sample.lq, sample.gt]
+    if sample.ref is not None:
+        images.append(resize_rgb(sample.ref, width, height))
+    images = [_pad_to(img, crop) for img in images]
+    y = int(rng.integers(0, images[0].shape[0] - crop + 1))
+    x = int(rng.integers(0, images[0].shape[1] - crop + 1))
+    turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    out_images = []
+    for img in images:
+        img = np.rot90(img[y:y + crop, x:x + crop], turns)
+        out_images.append(to_chw(img[:, ::-1] if flip else img))
+    example = {"lq": out_images[0], "gt": out_images[1], **prior_arrays(sample, token_width, clip_width)}
+    example["reference"] = out_images[2] if sample.ref is not None else np.zeros_like(out_images[0])
+    example["present_reference"] = np.bool_(sample.ref is not None)
+    return example
+
+
+def collate(examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Stack examples (dicts of equally shaped arrays) into a dict of tensors."""
+    return {name: torch.from_numpy(np.stack([e[name] for e in examples])) for name in examples[0]}
+
+
+def batch_priors(batch: dict[str, torch.Tensor]) -> Priors:
+    """The Priors of a collated batch (fields plus per-sample presence flags)."""
+    return Priors(
+        degradation_tokens=batch["degradation_tokens"], degradation_mask=batch["degradation_mask"],
+        clip_image=batch["clip_image"], degradation_vector=batch["degradation_vector"],
+        caption_tokens=batch["caption_tokens"], caption_mask=batch["caption_mask"],
+        reference=batch["reference"],
+        present={name: batch[f"present_{name}"] for name in PRIOR_NAMES},
+    )
+
+
+def sample_priors(sample: Sample, token_width: int, clip_width: int, use_reference: bool = True) -> Priors:
+    """Priors of one full-size sample as a batch of one (validation, evaluation, inference)."""
+    arrays = prior_arrays(sample, token_width, clip_width)
+    has_ref = use_reference and sample.ref is not None
+    arrays["reference"] = to_chw(sample.ref) if has_ref else np.zeros((3, 8, 8), np.float32)
+    arrays["present_reference"] = np.bool_(has_ref)
+    return batch_priors(collate([arrays]))
+
+
+# --- the training stream ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Position:
+    """Where a logical worker's stream stands: epoch, raw records read and batches made in it."""
+
+    epoch: int = 0
+    raw: int = 0
+    batches: int = 0
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything a DataLoader worker needs to rebuild its part of the stream (picklable)."""
+
+    urls: tuple[str, ...]
+    crop: int
+    batch_size: int
+    batches_per_epoch: int  # per logical worker
+    token_width: int
+    clip_width: int
+    shuffle_buffer: int = 256
+    seed: int = 0
+    split: str | None = "train"
+    resampled: bool = True
+
+
+def _split_of(record: dict[str, Any]) -> str | None:
+    try:
+        return json.loads(record[META]).get("split")
+    except (KeyError, ValueError, AttributeError, TypeError):
+        return None  # decode_sample reports the real problem
+
+
+class TrainStream(IterableDataset):
+    """The batches of one rank: an infinite sequence of epochs per logical worker.
+
+    ``start[w]`` is the Position logical worker ``w`` resumes from; DataLoader worker ``i``
+    plays logical worker ``(i + rotation) % workers``, so a resumed DataLoader, which asks its
+    workers in turn starting with worker 0, continues the global batch order.
+    """
+
+    def __init__(self, config: StreamConfig, rank: int, world: int, workers: int, start: tuple[Position, ...],
+                 rotation: int = 0):
+        super().__init__()
+        if len(start) != workers:
+            raise ValueError(f"need one start position per logical worker ({workers}), got {len(start)}")
+        self.config, self.rank, self.world, self.workers = config, rank, world, workers
+        self.start, self.rotation = start, rotation
+
+    def _shards(self, logical: int, rng: random.Random) -> Iterator[dict[str, str]]:
+        urls = self.config.urls
+        if self.config.resampled:
+            while True:
+                yield {"url": urls[rng.randrange(len(urls))]}
+        # Without resampling: this rank's and this worker's share, reshuffled on each pass.
+        mine = list(urls[self.rank::self.world][logical::self.workers])
+        if not mine:
+            raise ValueError(f"{len(urls)} shards cannot be split over {self.world} ranks x {self.workers} "
+                             f"workers; use resampled shards or fewer workers")
+        while True:
+            rng.shuffle(mine)
+            yield from ({"url": u} for u in mine)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        logical = (worker + self.rotation) % self.workers
+        skips = SkipCounter(f"rank {self.rank} worker {logical}", limit=BARREN_LIMIT)
+        position = self.start[logical]
+        c = self.config
+        other_split = 0
+        while True:
+            epoch_seed = stream_seed(c.seed, self.rank, logical, position.epoch)
+            rng = random.Random(epoch_seed)
+            records = tarfile_samples(self._shards(logical, rng), handler=skips)
+            records = wds.shuffle(c.shuffle_buffer, min(c.shuffle_buffer, 64), rng=rng)(iter(records))
+            examples, raw, batches = [], 0, position.batches
+            for record in records:
+                raw += 1
+                if raw <= position.raw:
+                    continue  # read before a resume: skipped without decoding
+                if c.split is not None and _split_of(record) not in (c.split, None):
+                    other_split += 1
+                    if other_split > BARREN_LIMIT:
+                        raise RuntimeError(f"rank {self.rank} worker {logical}: {BARREN_LIMIT} samples in a row "
+                                           f"are not in split {c.split!r}; check --shards and the split")
+                    continue
+                try:
+                    sample = decode_sample(record)
+                    examples.append(training_example(sample, c.crop, np.random.default_rng(
+                        stream_seed(epoch_seed, raw)), c.token_width, c.clip_width))
+                except (SampleFormatError, ValueError) as e:
+                    skips(e)
+                    continue
+                skips.reset()
+                other_split = 0
+                if len(examples) == c.batch_size:
+                    batches += 1
+                    done = batches == c.batches_per_epoch
+                    batch = collate(examples)
+                    examples = []
+                    following = Position(position.epoch + 1) if done else Position(position.epoch, raw, batches)
+                    batch["position"] = torch.tensor([logical, following.epoch, following.raw, following.batches])
+                    batch["skipped"] = torch.tensor([logical, skips.count])
+                    yield batch
+                    if done:
+                        break
+            position = Position(position.epoch + 1)
+
+
+def batches_per_epoch(samples: int, batch_size: int, world: int, workers: int) -> int:
+    """Batches each logical worker makes per epoch so one epoch covers ``samples`` on all ranks."""
+    return max(1, math.ceil(samples / (batch_size * world * workers)))
+
+
+def _single_threaded(_: int) -> None:
+    # Workers decode and crop with numpy and OpenCV; thread pools of their own in every worker
+    # would compete with the training process for the same cores.
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def train_loader(config: StreamConfig, rank: int, world: int, workers: int, start: tuple[Position, ...],
+                 rotation: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over this rank's TrainStream (``workers`` = 0 reads in this process)."""
+    stream = TrainStream(config, rank, world, max(1, workers), start, rotation)
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=_single_threaded if workers > 0 else None)
+
+
+def read_samples(urls: tuple[str, ...] | list[str], split: str | None = None, limit: int | None = None,
+                 skips: SkipCounter | None = None) -> Iterator[Sample]:
+    """Decoded samples of the shards, in order, once (validation, evaluation): bad ones skipped."""
+    skips = skips or SkipCounter("reader")
+    count = 0
+    for record in tarfile_samples(({"url": u} for u in urls), handler=skips):
+        if split is not None and _split_of(record) not in (split, None):
+            continue
+        try:
+            sample = decode_sample(record)
+        except SampleFormatError as e:
+            skips(e)
+            continue
+        if split is not None and sample.meta.split != split:
+            continue
+        yield sample
+        count += 1
+        if limit is not None and count >= limit:
+            return
+
+
+def peek_dims(urls: tuple[str, ...]) -> dict[str, int]:
+    """Embedding widths {"E", "W"} of the first sample with embeddings (empty if none has any)."""
+    for sample in read_samples(urls[:4]):
+        if sample.embeddings is not None:
+            return {"E": int(sample.embeddings["clip_image"].shape[0]),
+                    "W": int(sample.embeddings["caption_tokens"].shape[1])}
+    return {}
+
+
+def with_dims(source: ShardSource) -> ShardSource:
+    """``source`` with its embedding widths filled in from the data when no index gave them."""
+    return source if source.embedding_dims else replace(source, embedding_dims=peek_dims(source.urls))

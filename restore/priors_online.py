@@ -1,0 +1,104 @@
+"""Priors for an image that has none yet: computed on the fly, as extraction would compute them.
+
+Evaluation on test sets without shards and inference on a user's photo need the same priors the
+restorer was trained with. ``OnlinePriors`` loads an extraction preset's models once
+(``pipeline.models``) and runs the steps of ``pipeline.stages`` on one image: the weight-free
+analysis, the MLLM's degradation description (with the analysis as a hint) and caption, the
+diffusion reference (seeded from the sample key, like extraction), CLIP embeddings. The result is
+a ``pipeline.sample_format.Sample``, the same object a shard decodes to, so one code path turns
+samples into model inputs everywhere.
+
+The preset ``analysis-only`` loads no weights: the degradation vector and its sentence come from
+the weight-free analysis; token embeddings, caption and reference are absent. A user's degradation
+text replaces the describer's and is embedded with the CLIP text tower; it also sets the
+degradation vector, through ``vocabulary.text_to_types``, when it names known types.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import stages, vocabulary
+from pipeline.analysis.analyze import analyze
+from pipeline.models import presets
+from pipeline.sample_format import Sample, SampleMeta
+
+ANALYSIS_ONLY = "analysis-only"
+PRESET_CHOICES = (*presets.PRESETS, ANALYSIS_ONLY)
+
+
+@dataclass(frozen=True)
+class UserPriors:
+    """What a user states about an image; None leaves it to the models."""
+
+    degradation: str | None = None
+    caption: str | None = None
+    reference: bool = True
+
+
+class OnlinePriors:
+    """The prior models of one extraction preset (or none, for ``analysis-only``), loaded once."""
+
+    def __init__(self, preset: str, use_hint: bool = True):
+        if preset not in PRESET_CHOICES:
+            raise ValueError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRESET_CHOICES)}")
+        self.preset = preset
+        self.use_hint = use_hint
+        self.mllm = self.reference = self.clip = None
+        if preset != ANALYSIS_ONLY:
+            from pipeline.models.clip import load_clip
+            from pipeline.models.mllm import load_mllm
+            from pipeline.models.reference import load_reference
+
+            models = presets.preset(preset)
+            self.mllm = load_mllm(models.mllm)
+            self.reference = load_reference(models.diffusion)
+            self.clip = load_clip(models.clip)
+
+    def sample(self, key: str, pixels: np.ndarray, jpeg_bytes: bytes | None = None,
+               user: UserPriors = UserPriors(), gt: np.ndarray | None = None, dataset: str = "",
+               split: str = "", task: str = "") -> Sample:
+        """A Sample with the priors of ``pixels`` (uint8 RGB); ``key`` seeds the reference."""
+        analysis = analyze(pixels, jpeg_bytes).to_dict()
+        if user.degradation:
+            types = vocabulary.text_to_types(user.degradation)
+            if types:
+                analysis["vector"] = vocabulary.one_hot(types)
+        hint = [analysis["text"]] if self.use_hint else None
+        if self.mllm is not None:
+            text = user.degradation or self.mllm.describe([pixels], hint)[0]
+            caption = user.caption or self.mllm.caption([pixels])[0]
+        else:
+            text, caption = user.degradation or analysis["text"], user.caption or ""
+        ref = None
+        if self.reference is not None and user.reference and caption:
+            ref = self.reference.render([caption], [stages.reference_seed(key)])[0]
+        embeddings = None
+        if self.clip is not None:
+            image = self.clip.embed_images([pixels])[0]
+            cap_tokens, cap_len = self.clip.embed_text_tokens([caption])
+            deg_tokens, deg_len = self.clip.embed_text_tokens([text])
+            embeddings = {"clip_image": image, "caption_tokens": cap_tokens[0], "caption_length": np.int32(cap_len[0]),
+                          "degradation_tokens": deg_tokens[0], "degradation_length": np.int32(deg_len[0])}
+        height, width = pixels.shape[:2]
+        meta = SampleMeta(key=key, dataset=dataset, split=split, task=task, width=width, height=height,
+                          degradation_text=text,
+                          degradation_types=stages.merge_types(text, json.dumps(analysis)),
+                          caption=caption, analysis=analysis, provenance={"priors": f"online:{self.preset}"})
+        return Sample(meta=meta, lq=pixels, gt=gt, ref=ref, embeddings=embeddings)
+
+
+def load_or_analysis_only(preset: str) -> OnlinePriors:
+    """The preset's models, or ``analysis-only`` with a printed reason when they cannot be loaded
+    (no network and no local copy of the weights, typically)."""
+    try:
+        return OnlinePriors(preset)
+    except (OSError, ValueError, RuntimeError, ImportError) as e:
+        if preset == ANALYSIS_ONLY:
+            raise
+        print(f"prior models of preset {preset!r} unavailable ({type(e).__name__}: {str(e)[:200]}); "
+              f"using the weight-free analysis only")
+        return OnlinePriors(ANALYSIS_ONLY)

@@ -1,0 +1,459 @@
+"""Train the restorer on prior shards: one loop for the CPU, one GPU and many (torchrun, DDP).
+
+    python -m restore.train --shards SPEC [--val-shards SPEC] [--config YAML] [--out RUN] [--resume]
+                            [--set lr=1e-3 --set model_overrides.dim=16 ...]
+    torchrun --nproc_per_node 8 -m restore.train --shards /data/priors/index.json --config base.yaml
+
+SPEC is a brace pattern of local tars, an extraction's index.json, a published-set manifest or
+http(s) URLs (restore.data). The priors come from the shards; nothing is recomputed. Under
+torchrun each process is one rank (NCCL on GPUs, gloo on the CPU); without it the same code runs
+as a single rank. Every random choice derives from the seed, the rank and the position in the
+data, and a checkpoint holds all of it, so ``--resume`` continues a killed run exactly where its
+last checkpoint left it. The run folder holds the resolved config (config.yaml), metrics.jsonl,
+TensorBoard events (tb/), validation grids (val/), curve.png and checkpoints/ (restore.checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pipeline.models.presets import override_dataclass
+from restore import checkpoint, data
+from restore.data import Position
+from restore.model import Restorer, drop_priors, preset
+from restore.validate import autocast, plot_curve, validate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; written to RUN/config.yaml as resolved."""
+
+    shards: str = ""
+    val_shards: str | None = None  # default: the training shards' val_split samples
+    out: str = "runs/restorer"
+    # The restorer: a preset of restore.model and field overrides; prior widths come from the data.
+    model: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    split: str | None = "train"  # train on samples of this split only (None: all)
+    val_split: str | None = "test"
+    # Data stream (restore.data).
+    crop: int = 128
+    batch_size: int = 8  # per rank and optimizer micro-step
+    workers: int = 2  # DataLoader workers per rank (0: read in the training process)
+    shuffle_buffer: int = 256
+    resampled: bool = True
+    samples_per_epoch: int | None = None  # default: the index's sample count
+    # Optimisation: AdamW, linear warmup then cosine to min_lr (Restormer's recipe).
+    steps: int = 100_000  # optimizer steps in the whole schedule
+    accumulate: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4
+    min_lr: float = 1e-6
+    warmup_steps: int = 1000
+    weight_decay: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 0.01  # max global gradient norm; 0 turns clipping off
+    fft_weight: float = 0.0  # weight of the L1 loss between Fourier spectra, added to pixel L1
+    ema_decay: float = 0.999
+    prior_dropout: float | None = None  # default: the restorer config's prior_dropout
+    seed: int = 0
+    device: str = "auto"  # auto: this rank's GPU when there is one, else the CPU
+    amp: bool = True  # bf16 autocast on GPUs
+    # Bookkeeping.
+    log_every: int = 10
+    val_every: int = 1000
+    val_samples: int = 64
+    val_tile: int = 512
+    save_every: int = 1000
+    keep: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        head, dot, rest = dotted.partition(".")
+        if dot:
+            if head != "model_overrides":
+                raise ValueError(f"unknown setting {dotted!r}; only model_overrides.<field> is nested")
+            nested.setdefault(head, {})[rest] = value
+        else:
+            nested[head] = value
+    return nested
+
+
+def _apply(config: TrainConfig, changes: Mapping[str, Any], where: str) -> TrainConfig:
+    changes = dict(changes)
+    overrides = changes.pop("model_overrides", None)
+    if changes:
+        config = override_dataclass(config, changes, where)
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"{where}: model_overrides must map restorer config fields to values")
+        config = dataclasses.replace(config, model_overrides={**config.model_overrides, **overrides})
+    return config
+
+
+def load_config(path: str | None = None, sets: Mapping[str, str] | None = None, **fields: Any) -> TrainConfig:
+    """Defaults, then the YAML file at ``path``, then keyword ``fields``, then ``--set`` strings."""
+    config = TrainConfig()
+    if path:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{path}: a training config is a YAML mapping of TrainConfig fields")
+        config = _apply(config, raw, path)
+    if fields:
+        config = _apply(config, fields, "arguments")
+    if sets:
+        config = _apply(config, _nest(sets), "--set")
+    return config
+
+
+def get_lr(step: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to min_lr."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def restoration_loss(restored: Tensor, target: Tensor, fft_weight: float) -> Tensor:
+    """L1 on pixels, plus ``fft_weight`` × L1 between the real-FFT spectra (as in MIRNet-v2/FFTformer)."""
+    loss = (restored - target).abs().mean()
+    if fft_weight > 0:
+        a, b = torch.fft.rfft2(restored.float()), torch.fft.rfft2(target.float())
+        loss = loss + fft_weight * (torch.view_as_real(a) - torch.view_as_real(b)).abs().mean()
+    return loss
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job: rank, world size and device (world 1 without torchrun)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Read torchrun's environment; join the process group when there is more than one rank."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Distributed(rank, world, local_rank, dev)
+
+
+def _gather(tensor: Tensor, env: Distributed) -> list[Tensor]:
+    """The same-shaped tensor from every rank (a list of one without DDP), on the CPU."""
+    if env.world == 1:
+        return [tensor.cpu()]
+    # NCCL only moves GPU tensors; gloo takes CPU ones.
+    local = tensor.to(env.device)
+    parts = [torch.empty_like(local) for _ in range(env.world)]
+    dist.all_gather(parts, local)
+    return [p.cpu() for p in parts]
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay matrices and kernels only: decaying norms, biases and learned null tokens/scales
+    # pulls them towards zero for no benefit.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+@dataclass
+class Progress:
+    """Where this rank's training stands (what a checkpoint must restore besides the weights)."""
+
+    step: int = 0
+    batches: int = 0  # micro-batches this rank has taken from its loader
+    positions: list[Position] = field(default_factory=list)  # one per logical worker
+    skipped: dict[int, int] = field(default_factory=dict)  # logical worker -> bad data skipped
+    best_psnr: float = -math.inf
+
+
+def _save(config: TrainConfig, env: Distributed, run: Path, raw: nn.Module, ema: checkpoint.ModelEMA,
+          optimizer: torch.optim.Optimizer, progress: Progress, dropout_rng: torch.Generator,
+          prior_preset: str | None, best: bool) -> None:
+    """Gather every rank's data position and dropout RNG, then rank 0 writes the checkpoint."""
+    positions = torch.tensor([[p.epoch, p.raw, p.batches] for p in progress.positions], dtype=torch.long)
+    all_positions = _gather(positions, env)
+    all_rng = _gather(dropout_rng.get_state(), env)
+    if not env.main:
+        return
+    tensors = {f"dropout_rng.rank{r}": s for r, s in enumerate(all_rng)}
+    tensors["torch_rng"] = torch.get_rng_state()
+    if torch.cuda.is_available() and env.device.type == "cuda":
+        tensors["cuda_rng"] = torch.cuda.get_rng_state(env.device)
+    state = {
+        "samples_seen": progress.batches * config.batch_size * env.world,
+        "batches_per_rank": progress.batches,
+        "positions": [p.tolist() for p in all_positions],
+        "workers": len(progress.positions),
+        "world": env.world,
+        "best_psnr": progress.best_psnr if math.isfinite(progress.best_psnr) else None,
+        "prior_preset": prior_preset,
+        "numpy_rng": _jsonable(np.random.get_state()),
+        "python_rng": _jsonable(random.getstate()),
+        "config": config.to_dict(),
+    }
+    checkpoint.save(run / "checkpoints", progress.step, raw, ema.module, optimizer, state, tensors,
+                    config.keep, best)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _restore_rng(loaded: checkpoint.Loaded, env: Distributed, dropout_rng: torch.Generator) -> None:
+    torch.set_rng_state(loaded.tensors["torch_rng"])
+    if "cuda_rng" in loaded.tensors and env.device.type == "cuda":
+        torch.cuda.set_rng_state(loaded.tensors["cuda_rng"], env.device)
+    kind, keys, pos, has_gauss, cached = loaded.state["numpy_rng"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = loaded.state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    key = f"dropout_rng.rank{env.rank}"
+    if key in loaded.tensors:
+        dropout_rng.set_state(loaded.tensors[key])
+
+
+def _resume_positions(loaded: checkpoint.Loaded, env: Distributed, workers: int) -> tuple[list[Position], int]:
+    state = loaded.state
+    if state["world"] != env.world or state["workers"] != workers:
+        # Another job shape cannot replay the old streams; start fresh epochs past the old ones.
+        next_epoch = 1 + max(p[0] for rank in state["positions"] for p in rank)
+        print(f"resume: the run had {state['world']} ranks x {state['workers']} workers, now {env.world} x "
+              f"{workers}: data continues with new epochs (not an exact replay)", file=sys.stderr)
+        return [Position(next_epoch) for _ in range(workers)], 0
+    return [Position(*p) for p in state["positions"][env.rank]], int(state["batches_per_rank"])
+
+
+def _log(run: Path, record: dict[str, Any], writer: Any) -> None:
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for name, value in record.items():
+            if name != "step" and isinstance(value, int | float):
+                writer.add_scalar(name.replace("val_", "val/").replace("train_", "train/"), value, record["step"])
+
+
+def fit(config: TrainConfig, resume: bool = False,
+        on_step: Callable[[int, dict[str, float]], None] | None = None) -> Restorer:
+    """Train per ``config``; returns this rank's trained (non-EMA) restorer.
+
+    ``on_step(step, logs)`` is called on every rank after each optimizer step (and any
+    validation or checkpoint of that step), with this step's loss and lr.
+    """
+    env = setup_distributed(config.device)
+    run = Path(config.out)
+    source = data.with_dims(data.resolve(config.shards))
+    dims = source.embedding_dims
+    widths = {"token_width": dims["W"], "clip_width": dims["E"]} if dims else {}
+    model_config = preset(config.model, **{**widths, **config.model_overrides})
+    torch.manual_seed(config.seed)
+    raw = Restorer(model_config).to(env.device)
+    ema = checkpoint.ModelEMA(raw, config.ema_decay)
+    optimizer = torch.optim.AdamW(_param_groups(raw, config.weight_decay), lr=config.lr,
+                                  betas=(config.beta1, config.beta2))
+    dropout = model_config.prior_dropout if config.prior_dropout is None else config.prior_dropout
+    dropout_rng = torch.Generator().manual_seed(data.stream_seed(config.seed, env.rank, 7))
+    workers = max(1, config.workers)
+    progress = Progress(positions=[Position() for _ in range(workers)])
+
+    last = run / "checkpoints" / checkpoint.LAST
+    if resume and last.exists():
+        loaded = checkpoint.load(last, raw, ema.module, optimizer)
+        _restore_rng(loaded, env, dropout_rng)
+        positions, batches = _resume_positions(loaded, env, workers)
+        best = loaded.state.get("best_psnr")
+        progress = Progress(loaded.state["step"], batches, positions, {}, best if best is not None else -math.inf)
+        if env.main:
+            print(f"resumed from {loaded.path} at step {progress.step}", file=sys.stderr)
+    elif resume and env.main:
+        print(f"--resume: no checkpoint at {last}; starting a new run", file=sys.stderr)
+
+    writer = None
+    val_samples: list = []
+    if env.main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(yaml.safe_dump(
+            {**config.to_dict(), "resolved_model": model_config.to_dict(), "world_size": env.world,
+             "prior_preset": source.prior_preset, "shard_count": len(source.urls), "samples": source.samples},
+            sort_keys=False))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run / "tb"))
+        val_source = data.resolve(config.val_shards) if config.val_shards else source
+        val_samples = [s for s in data.read_samples(val_source.urls, config.val_split, config.val_samples)
+                       if s.gt is not None]
+        if not val_samples:
+            print(f"no validation samples with GT (split {config.val_split!r}); validation is skipped",
+                  file=sys.stderr)
+
+    samples_per_epoch = config.samples_per_epoch or source.samples
+    if not samples_per_epoch:
+        raise ValueError(f"--shards {config.shards}: no index gives sample counts; set samples_per_epoch")
+    stream = data.StreamConfig(
+        urls=source.urls, crop=config.crop, batch_size=config.batch_size,
+        batches_per_epoch=data.batches_per_epoch(samples_per_epoch, config.batch_size, env.world, workers),
+        token_width=model_config.token_width, clip_width=model_config.clip_width,
+        shuffle_buffer=config.shuffle_buffer, seed=config.seed, split=config.split, resampled=config.resampled)
+    loader = data.train_loader(stream, env.rank, env.world, config.workers, tuple(progress.positions),
+                               rotation=progress.batches % workers, pin_memory=env.device.type == "cuda")
+    model: nn.Module = raw
+    if env.world > 1:
+        # Samples without a prior leave its projection unused in a step: DDP must allow that.
+        model = DistributedDataParallel(raw, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                        find_unused_parameters=True)
+    model.train()
+    batches = iter(loader)
+    bar = tqdm(total=config.steps, initial=progress.step, disable=not env.main, desc="train", unit="step",
+               dynamic_ncols=True)
+    started, window_loss, window_steps = time.time(), 0.0, 0
+    while progress.step < config.steps:
+        lr = get_lr(progress.step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        step_loss = 0.0
+        for micro in range(config.accumulate):
+            batch = next(batches)
+            logical = int(batch["position"][0])
+            progress.positions[logical] = Position(*(int(v) for v in batch["position"][1:]))
+            progress.skipped[logical] = int(batch["skipped"][1])
+            progress.batches += 1
+            lq, gt = batch["lq"].to(env.device, non_blocking=True), batch["gt"].to(env.device, non_blocking=True)
+            priors = drop_priors(data.batch_priors(batch), dropout, dropout_rng).to(env.device)
+            sync = micro == config.accumulate - 1 or env.world == 1
+            context = model.no_sync() if not sync else contextlib.nullcontext()
+            with context, autocast(env.device, config.amp):
+                loss = restoration_loss(model(lq, priors).float(), gt, config.fft_weight)
+            (loss / config.accumulate).backward()
+            step_loss += loss.item() / config.accumulate
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(raw, progress.step)
+        progress.step += 1
+        window_loss, window_steps = window_loss + step_loss, window_steps + 1
+        bar.update(1)
+        logs = {"loss": step_loss, "lr": lr}
+        if env.main and (progress.step % config.log_every == 0 or progress.step == config.steps):
+            elapsed = time.time() - started
+            record = {"step": progress.step, "loss": window_loss / window_steps, "lr": lr,
+                      "samples_seen": progress.batches * config.batch_size * env.world,
+                      "train_images_per_s": window_steps * config.accumulate * config.batch_size * env.world
+                      / max(elapsed, 1e-9),
+                      "train_skipped": sum(progress.skipped.values())}
+            _log(run, record, writer)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+            started, window_loss, window_steps = time.time(), 0.0, 0
+        final = progress.step == config.steps
+        best = False
+        if (progress.step % config.val_every == 0 or final) and val_samples:
+            scores = validate(ema.module, val_samples, env.device, run / "val" / f"step_{progress.step:08d}.png",
+                              config.val_tile, config.amp)
+            record = {"step": progress.step, "val_psnr": scores.psnr, "val_ssim": scores.ssim,
+                      **{f"val_psnr_{t}": v[0] for t, v in scores.per_task.items()},
+                      **{f"val_ssim_{t}": v[1] for t, v in scores.per_task.items()}}
+            _log(run, record, writer)
+            plot_curve(run / "metrics.jsonl", run / "curve.png")
+            tqdm.write(f"step {progress.step}: validation PSNR {scores.psnr:.2f} dB, SSIM {scores.ssim:.4f} "
+                       f"({sum(v[2] for v in scores.per_task.values())} images)")
+            best = scores.psnr > progress.best_psnr
+            progress.best_psnr = max(progress.best_psnr, scores.psnr)
+        if env.world > 1:
+            flag = torch.tensor([float(best)], device=env.device)
+            dist.broadcast(flag, 0)
+            best = bool(flag.item())
+        if progress.step % config.save_every == 0 or final or best:
+            _save(config, env, run, raw, ema, optimizer, progress, dropout_rng, source.prior_preset, best)
+        if on_step is not None:
+            on_step(progress.step, logs)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return raw
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Run ``fit`` and return the run folder (its ``checkpoints/best`` is the model to use)."""
+    fit(config, resume)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return Path(config.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m restore.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shards", default=None, help="training shards: brace pattern, index.json, manifest or URLs")
+    ap.add_argument("--val-shards", default=None, help="validation shards (default: --shards, split val_split)")
+    ap.add_argument("--config", default=None, help="YAML file of TrainConfig fields")
+    ap.add_argument("--out", default=None, help="run folder (default: runs/restorer)")
+    ap.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field, e.g. lr=1e-3 or model_overrides.dim=16")
+    args = ap.parse_args(argv)
+    sets = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        sets[key] = value
+    fields = {k: v for k, v in (("shards", args.shards), ("val_shards", args.val_shards), ("out", args.out))
+              if v is not None}
+    try:
+        config = load_config(args.config, sets, **fields)
+    except ValueError as e:
+        ap.error(str(e))
+    if not config.shards:
+        ap.error("--shards is required (or shards: in the --config file)")
+    run = train(config, args.resume)
+    print(f"run folder: {run}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
