@@ -5,9 +5,11 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -220,11 +222,12 @@ def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float) -> Non
 def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "RAY_ADDRESS": ""}
+    ray_tmp = tempfile.mkdtemp(prefix="lmdir-ray-", dir="/tmp")  # Unix socket paths must stay short
     # --block keeps the head's processes in one process group that the test owns and kills at the
     # end; `ray stop` would also stop any other Ray on this machine.
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port=6391",
                              "--dashboard-host=127.0.0.1", "--dashboard-port=8271", "--num-cpus=2",
-                             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"],
+                             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
@@ -240,12 +243,16 @@ def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
         assert index["samples"] == 8 and len(index["shards"]) == 2
         assert not any(name.endswith(".ref.png") for tar in out.glob("*.tar") for name in _members(tar))
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _members(tar: Path) -> list[str]:
