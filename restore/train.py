@@ -40,7 +40,7 @@ from tqdm import tqdm
 from pipeline.models.presets import override_dataclass
 from restore import checkpoint, data
 from restore.data import Position
-from restore.model import Restorer, drop_priors, preset
+from restore.model import Restorer, RestorerConfig, drop_priors, preset
 from restore.validate import autocast, plot_curve, validate
 
 
@@ -197,6 +197,16 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+def restorer_config(config: TrainConfig, widths: Mapping[str, int]) -> RestorerConfig:
+    """The preset with the data's prior widths, then ``model_overrides`` (strings read as each
+    field's type, YAML lists as tuples)."""
+    base = preset(config.model, **widths)
+    typed = {k: v for k, v in config.model_overrides.items() if isinstance(v, str)}
+    other = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model_overrides.items()
+             if not isinstance(v, str)}
+    return dataclasses.replace(override_dataclass(base, typed, "model_overrides"), **other)
+
+
 @dataclass
 class Progress:
     """Where this rank's training stands (what a checkpoint must restore besides the weights)."""
@@ -290,7 +300,7 @@ def fit(config: TrainConfig, resume: bool = False,
     source = data.with_dims(data.resolve(config.shards))
     dims = source.embedding_dims
     widths = {"token_width": dims["W"], "clip_width": dims["E"]} if dims else {}
-    model_config = preset(config.model, **{**widths, **config.model_overrides})
+    model_config = restorer_config(config, widths)
     torch.manual_seed(config.seed)
     raw = Restorer(model_config).to(env.device)
     ema = checkpoint.ModelEMA(raw, config.ema_decay)
