@@ -66,7 +66,8 @@ def _variant(params: str) -> str:
         return ""
     parts = []
     for step in applied:
-        values = ",".join(f"{k}={v}" for k, v in sorted((step.get("params") or {}).items()))
+        # "kind" repeats the degradation (noise, motion-blur, ...) the column already names.
+        values = ",".join(f"{k}={v}" for k, v in sorted((step.get("params") or {}).items()) if k != "kind")
         if values:
             parts.append(values)
     return " ".join(parts)
