@@ -45,7 +45,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from pipeline import shard_cache
-from pipeline.sample_format import GT, META, TOKEN_POSITIONS, Sample, SampleFormatError, decode_sample
+from pipeline.sample_format import (
+    GT,
+    META,
+    TOKEN_POSITIONS,
+    Sample,
+    SampleFormatError,
+    decode_sample,
+)
 from pipeline.shards import INDEX
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore.model.priors import PRIOR_NAMES, Priors

@@ -22,8 +22,15 @@ import numpy as np
 
 from pipeline.image_files import ImageError, decode_rgb, read_bytes, save_png
 from pipeline.sample_format import make_key
-from restore.evaluate import pick_device, load_restorer
-from restore.priors_online import ANALYSIS_ONLY, PRESET_CHOICES, OnlinePriors, UserPriors, load_or_analysis_only
+from restore.evaluate import load_restorer, pick_device
+from restore.priors_online import (
+    ANALYSIS_ONLY,
+    NOTHING_STATED,
+    PRESET_CHOICES,
+    OnlinePriors,
+    UserPriors,
+    load_or_analysis_only,
+)
 from restore.validate import restore_sample, to_uint8
 
 
@@ -34,7 +41,7 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarra
 
 
 def restore_images(checkpoint: str | Path, images: list[str], out: str | Path = "restored",
-                   user: UserPriors = UserPriors(), tile: int = 512, write_side_by_side: bool = False,
+                   user: UserPriors = NOTHING_STATED, tile: int = 512, write_side_by_side: bool = False,
                    preset: str | None = None, device: str = "auto",
                    priors: OnlinePriors | None = None) -> list[Path]:
     """Restore each image file; returns the paths of the restored PNGs.

@@ -39,6 +39,9 @@ class UserPriors:
     reference: bool = True
 
 
+NOTHING_STATED = UserPriors()
+
+
 class OnlinePriors:
     """The prior models of one extraction preset (or none, for ``analysis-only``), loaded once."""
 
@@ -59,7 +62,7 @@ class OnlinePriors:
             self.clip = load_clip(models.clip)
 
     def sample(self, key: str, pixels: np.ndarray, jpeg_bytes: bytes | None = None,
-               user: UserPriors = UserPriors(), gt: np.ndarray | None = None, dataset: str = "",
+               user: UserPriors = NOTHING_STATED, gt: np.ndarray | None = None, dataset: str = "",
                split: str = "", task: str = "") -> Sample:
         """A Sample with the priors of ``pixels`` (uint8 RGB); ``key`` seeds the reference."""
         analysis = analyze(pixels, jpeg_bytes).to_dict()
