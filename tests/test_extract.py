@@ -205,6 +205,7 @@ def test_a_different_configuration_is_refused_in_the_same_folder(tmp_path, rain_
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float) -> None:
+    import urllib.error
     import urllib.request
 
     deadline = time.time() + timeout
@@ -214,6 +215,8 @@ def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float) -> Non
         try:
             with urllib.request.urlopen(f"{url}/api/version", timeout=2):
                 return
+        except urllib.error.HTTPError:
+            return  # it answers (Ray's token authentication may refuse this anonymous probe)
         except OSError:
             time.sleep(1)
     raise AssertionError(f"no Ray dashboard at {url} after {timeout} s")
