@@ -224,7 +224,8 @@ def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float) -> Non
 
 def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # A token-authenticated head, as a cluster should be run: the job client presents the same token.
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
     ray_tmp = tempfile.mkdtemp(prefix="lmdir-ray-", dir="/tmp")  # Unix socket paths must stay short
     # --block keeps the head's processes in one process group that the test owns and kills at the
     # end; `ray stop` would also stop any other Ray on this machine.
