@@ -188,8 +188,9 @@ def load(directory: str | Path, model: nn.Module, ema: nn.Module, optimizer: tor
     model.load_state_dict({k: v.to(device) for k, v in _load(directory / RAW).items()})
     ema.load_state_dict({k: v.to(device) for k, v in _load(directory / "model.safetensors").items()})
     state = json.loads((directory / STATE_JSON).read_text())
-    optimizer_from_files(optimizer, {k: v.to(device) for k, v in _load(directory / OPTIMIZER).items()},
-                         state["optimizer"])
+    # CPU tensors: load_state_dict moves moments to their parameter's device and keeps AdamW's
+    # step counters on the CPU, where non-capturable AdamW needs them.
+    optimizer_from_files(optimizer, _load(directory / OPTIMIZER), state["optimizer"])
     return Loaded(directory, state, _load(directory / STATE_TENSORS))
 
 

@@ -169,3 +169,21 @@ def test_a_resumed_stream_continues_exactly(tmp_path, workers):
     # Different epochs and ranks see different crops.
     other_rank = take(data.train_loader(config, 1, 2, 0, (data.Position(),)), 1)[0]
     assert not torch.equal(other_rank["lq"], straight[0]["lq"])
+
+
+def test_a_published_manifest_resolves_to_verified_local_shards(tmp_path, monkeypatch):
+    from pipeline.publish import build_manifest
+    from pipeline.published import manifest_bytes
+    from tests.test_download import Mirror, write_extraction
+
+    extraction = write_extraction(tmp_path / "extraction")
+    mirror = Mirror({p.name: p.read_bytes() for p in extraction.glob("*.tar")})
+    try:
+        mirror.files["published.json"] = manifest_bytes(build_manifest(extraction, [mirror.url], license="CC-BY-4.0"))
+        monkeypatch.setenv("LMDIR_CACHE", str(tmp_path / "cache"))
+        source = data.resolve(f"{mirror.url}/published.json")
+    finally:
+        mirror.stop()
+    assert len(source.urls) == 3 and all(u.startswith(str(tmp_path / "cache")) for u in source.urls)
+    assert source.samples == 9 and source.prior_preset == "tiny"
+    assert len(list(data.read_samples(source.urls))) == 9
