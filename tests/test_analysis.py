@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pipeline import degrade, vocabulary
+from pipeline.analysis import describers
 from pipeline.analysis import evaluate as ev
 from pipeline.analysis.analyze import analyze
 from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier, default_classifier
@@ -124,15 +125,34 @@ def test_evaluate_synthetic_writes_tables(tmp_path, photo):
     for i in range(2):
         (photos / f"p{i}.png").write_bytes(encode_png(photo[i * 64: i * 64 + 192, :192].copy()))
     specs = {"clean": ("",), "noise": ("noise:sigma=20..40",), "jpeg": ("jpeg:quality=10..30",)}
-    report = ev.evaluate(ev.synthetic([photos], specs), {"analysis": ev.analysis_describer,
+    report = ev.evaluate(ev.synthetic([photos], specs), {"analysis": describers.analysis_describer,
                                                           "always-rain": lambda p, b: ["rain"]})
     assert report.tallies["analysis"].total == 6 and report.tallies["analysis"].counts.sum() == 6
     assert report.tallies["always-rain"].top1 == 0.0
     assert len(report.errors["sigma"]) == 2 and len(report.errors["quality"]) == 2
     text = ev.write(report, tmp_path / "out", "test")
-    for name in ("analysis_confusion.csv", "analysis_confusion.md", "analysis_confusion.png", "report.json"):
+    for name in ("analysis_confusion.csv", "analysis_confusion.md", "analysis_confusion.png", "report.json",
+                 "predictions.csv"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert "| noise |" in text and "| sigma |" in text
+
+
+def test_model_describers_run_through_the_same_report(tmp_path, photo):
+    # The tiny random models answer near chance; what matters is that their answers are mapped
+    # onto the vocabulary and scored like the analysis's.
+    chosen = describers.build(["analysis", "mllm", "clip"], "tiny")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "p.png").write_bytes(encode_png(photo[:96, :128].copy()))
+    report = ev.evaluate(ev.synthetic([photos], {"clean": ("",), "rain": ("rain",)}), chosen)
+    for name in ("analysis", "mllm", "clip"):
+        assert report.tallies[name].total == 2 and report.tallies[name].counts.sum() == 2
+    clip_rows = [p for p in report.predictions if p[2] == "clip"]
+    assert sorted(clip_rows[0][3].split("+")) == sorted(ANALYSED_TYPES)
+    assert all(t in vocabulary.DEGRADATION_TYPES for p in report.predictions if p[2] == "mllm"
+               for t in p[3].split("+"))
+    with pytest.raises(ValueError, match="unknown describer"):
+        describers.build(["analysis", "oracle"])
 
 
 def test_evaluate_reads_a_manifest(tmp_path, photo):

@@ -75,3 +75,31 @@ def test_rain_streaks_are_oriented_along_the_rain(photo):
     s = est.streaks(est.luminance(rainy))
     assert abs(s["angle"] - 90) < 15
     assert s["coherence"] > est.streaks(est.luminance(photo.astype(np.float32)))["coherence"]
+
+
+def test_faint_rain_puts_a_peak_into_the_streak_orientations(photo):
+    # Faint, translucent rain barely moves the global coherence; the orientation histogram of the
+    # thin bright lines still peaks at the rain's direction.
+    rainy = degrade.apply(photo, "rain:angle=70,density=0.008,intensity=0.3", seed=2)[0]
+    clean = est.streaks(est.luminance(photo.astype(np.float32)))
+    faint = est.streaks(est.luminance(rainy.astype(np.float32)))
+    assert faint["peak_count"] > 2 * clean["peak_count"]
+    assert faint["peak_across"] < clean["peak_across"]
+
+
+def test_snow_adds_flakes_at_two_scales(photo):
+    snowy = degrade.apply(photo, "snow:density=0.006,flake_size=1.5,veil=0.1", seed=4)[0].astype(np.float32)
+    before = est.bright_blobs(photo.astype(np.float32), est.luminance(photo.astype(np.float32)))
+    after = est.bright_blobs(snowy, est.luminance(snowy))
+    assert after["density"] > before["density"] + 5
+    assert after["large_density"] > before["large_density"] + 5
+    assert 0.0 <= after["grey_share"] <= 1.0
+
+
+def test_exposure_percentiles_are_ordered_and_drop_in_low_light(photo):
+    bright = est.exposure(photo.astype(np.float32))
+    dark = est.exposure(degrade.apply(photo, "low-light:gamma=1.2,scale=0.4,sigma=2", seed=1)[0].astype(np.float32))
+    for stats in (bright, dark):
+        assert stats["p1"] <= stats["p10"] <= stats["p25"] <= stats["p50"] <= stats["p75"] <= stats["p90"] <= stats["p99"]
+        assert 0 < stats["logmean"] <= stats["mean"]
+    assert dark["p75"] < 0.6 * bright["p75"] and dark["shadow"] > bright["shadow"]

@@ -260,11 +260,19 @@ def reblur_loss(y: np.ndarray) -> float:
 # --- exposure and haze (on a small copy of the whole frame) --------------------------------------
 
 def exposure(rgb_small: np.ndarray) -> dict[str, float]:
-    """Luminance statistics on 0..1: mean, low/median/high percentiles, dark and bright shares."""
+    """Luminance statistics on 0..1: mean, log-mean, percentiles, dark and bright shares.
+
+    Under-exposure shows in where the bulk of the histogram sits, not only in its mean: a dim but
+    well-exposed scene still reaches bright codes, a dark capture squeezes most pixels into the
+    lowest quarter. The log-mean (geometric mean, the exposure meters' key) weighs that bulk.
+    """
     y = luminance(rgb_small) / 255.0
-    p1, p50, p99 = np.quantile(y, (0.01, 0.5, 0.99))
-    return {"mean": float(y.mean()), "p1": float(p1), "p50": float(p50), "p99": float(p99),
-            "dark": float((y < 0.15).mean()), "bright": float((y > 0.9).mean())}
+    p1, p10, p25, p50, p75, p90, p99 = np.quantile(y, (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99))
+    return {"mean": float(y.mean()), "logmean": float(np.exp(np.log(y + 1 / 255).mean())),
+            "p1": float(p1), "p10": float(p10), "p25": float(p25), "p50": float(p50),
+            "p75": float(p75), "p90": float(p90), "p99": float(p99),
+            "dark": float((y < 0.15).mean()), "shadow": float((y < 0.3).mean()),
+            "bright": float((y > 0.9).mean())}
 
 
 def dark_channel(rgb_small: np.ndarray, size: int = 7) -> dict[str, float]:
@@ -289,6 +297,16 @@ def dark_channel(rgb_small: np.ndarray, size: int = 7) -> dict[str, float]:
 
 # --- rain and snow -------------------------------------------------------------------------------
 
+ORIENTATION_BINS = 36
+
+
+def _orientation_peak(hist: np.ndarray) -> tuple[float, int]:
+    """(peak over median, peak bin) of a circular orientation histogram, smoothed over ±1 bin."""
+    h = hist + 0.5 * (np.roll(hist, 1) + np.roll(hist, -1))
+    peak = int(np.argmax(h))
+    return float(h[peak] / max(float(np.median(h)), 1e-6)), peak
+
+
 def streaks(y: np.ndarray) -> dict[str, float]:
     """Thin bright oriented lines: the white top-hat's energy, orientation coherence and length.
 
@@ -296,6 +314,13 @@ def streaks(y: np.ndarray) -> dict[str, float]:
     structures thinner than its 5-pixel window; their gradients' structure tensor gives the shared
     direction and its coherence; the top-hat's autocorrelation at 8 px along that direction over
     the one across it says whether the lines are long.
+
+    Faint rain over a textured scene hardly moves the global structure tensor, whose sum the
+    texture dominates, but it still puts a narrow peak into the histogram of gradient
+    orientations, as texture and scene edges spread theirs: ``peak`` (magnitude-weighted) and
+    ``peak_count`` (each clearly non-flat pixel one vote, so faint streaks count as much as
+    strong edges) are that peak over the histogram's median; ``peak_along`` and ``peak_across``
+    are the autocorrelations at the peak's line direction and across it, at 12 px.
     """
     tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5)))
     gx = cv2.Sobel(tophat, cv2.CV_32F, 1, 0, ksize=3)
@@ -317,10 +342,27 @@ def streaks(y: np.ndarray) -> dict[str, float]:
         return float((a * b).mean()) / energy
 
     along, across = corr(line_angle, 8), corr(grad_angle, 8)
+    magnitude = cv2.magnitude(gx, gy)
+    orientation = cv2.phase(gx, gy) % np.pi
+    bins = np.minimum((orientation * (ORIENTATION_BINS / np.pi)).astype(np.int64), ORIENTATION_BINS - 1).ravel()
+    weighted = np.bincount(bins, weights=magnitude.ravel(), minlength=ORIENTATION_BINS)
+    # Sobel of a top-hat: 8 is a step of one grey level per pixel, above 8-bit rounding noise.
+    counted = np.bincount(bins[magnitude.ravel() > 8.0], minlength=ORIENTATION_BINS).astype(np.float64)
+    peak, _ = _orientation_peak(weighted)
+    peak_count, peak_bin = _orientation_peak(counted)
+    peak_grad_angle = (peak_bin + 0.5) * np.pi / ORIENTATION_BINS
     # Image-row angle in degrees, 90 = vertical lines, as degrade.py's rain angle.
     angle_deg = float(np.degrees(line_angle) % 180.0)
     return {"energy": float(tophat.mean()), "coherence": float(coherence), "along": along,
-            "across": across, "angle": angle_deg, "bright_share": float((tophat > 20).mean())}
+            "across": across, "angle": angle_deg, "bright_share": float((tophat > 20).mean()),
+            "peak": peak, "peak_count": peak_count,
+            "peak_along": corr(peak_grad_angle + np.pi / 2, 12), "peak_across": corr(peak_grad_angle, 12)}
+
+
+def _blob_peaks(y: np.ndarray, inner: float, outer: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(bright DoG peaks above ``threshold``, the DoG) at the scale between ``inner`` and ``outer``."""
+    dog = cv2.GaussianBlur(y, (0, 0), inner) - cv2.GaussianBlur(y, (0, 0), outer)
+    return (dog > threshold) & (dog >= cv2.dilate(dog, np.ones((5, 5), np.uint8))), dog
 
 
 def bright_blobs(rgb: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -330,11 +372,20 @@ def bright_blobs(rgb: np.ndarray, y: np.ndarray) -> dict[str, float]:
     surroundings; the density is peaks per 10,000 pixels, and the white density counts only peaks
     bright in every channel, as snow is and most bright details of a scene are not. The top-hat
     at a flake-sized window measures how much bright small-scale material there is overall.
+    Snow falls at every distance, so flakes come at several sizes at once: ``large_density``
+    counts peaks at twice the scale (on a half-size copy), and ``grey_share`` is the share of
+    small peaks that are colourless, as flakes are and bright scene details often are not.
     """
-    dog = cv2.GaussianBlur(y, (0, 0), 1.5) - cv2.GaussianBlur(y, (0, 0), 4.0)
-    peaks = (dog > 12.0) & (dog >= cv2.dilate(dog, np.ones((5, 5), np.uint8)))
+    peaks, dog = _blob_peaks(y, 1.5, 4.0, 12.0)
     darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+    brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
     tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (11, 11)))
+    half = cv2.resize(y, (y.shape[1] // 2, y.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    large, _ = _blob_peaks(half, 1.5, 4.0, 8.0)
+    n = max(int(peaks.sum()), 1)
+    grey = (brightest - darkest)[peaks] < 0.15 * brightest[peaks] + 8.0
     return {"density": float(peaks.sum() * 1e4 / y.size),
             "white_density": float((peaks & (darkest > 190.0)).sum() * 1e4 / y.size),
-            "dog_p99": float(np.quantile(dog, 0.99)), "tophat": float(tophat.mean())}
+            "dog_p99": float(np.quantile(dog, 0.99)), "tophat": float(tophat.mean()),
+            "large_density": float(large.sum() * 1e4 / half.size),
+            "grey_share": float(grey.sum() / n) if peaks.any() else 0.0}

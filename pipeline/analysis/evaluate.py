@@ -1,33 +1,36 @@
 """Score degradation describers on labelled images: confusion matrix, top-1, parameter errors.
 
-    python -m pipeline.analysis.evaluate --out eval_out --preset synthetic   # held-out photos, degraded here
-    python -m pipeline.analysis.evaluate --out eval_out --preset real        # real degraded sets
-    python -m pipeline.analysis.evaluate --out eval_out --preset params      # σ and JPEG-quality MAE
+    python -m pipeline.analysis.evaluate --out eval_out --set synthetic   # held-out photos, degraded here
+    python -m pipeline.analysis.evaluate --out eval_out --set real        # real degraded sets
+    python -m pipeline.analysis.evaluate --out eval_out --set params      # σ and JPEG-quality MAE
     python -m pipeline.analysis.evaluate --out eval_out --manifest test.parquet
+    python -m pipeline.analysis.evaluate --out eval_out --set real --describers analysis,mllm,clip --preset tiny
 
-A describer is any callable ``(pixels, jpeg_bytes) -> [types, most likely first]``; the weight-free
-analysis is one, the MLLM and CLIP zero-shot describers of the extraction pipeline plug in the same
-way (``evaluate(samples, {"name": fn, …})``). Per describer the command prints and writes a
-confusion matrix (markdown, CSV, PNG); for the analysis it adds the mean absolute error of the
-noise σ and JPEG quality where the labels carry them.
+A describer is any callable ``(pixels, jpeg_bytes) -> [types, most likely first]``
+(``pipeline.analysis.describers``): the weight-free analysis, and the MLLM describer and CLIP
+zero-shot describer of the extraction pipeline with the models of ``--preset``. Per describer the
+command prints and writes a confusion matrix (markdown, CSV, PNG) and every image's prediction
+(CSV); for the analysis it adds the mean absolute error of the noise σ and JPEG quality where the
+labels carry them.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import degrade
+from pipeline.analysis import describers
 from pipeline.analysis.analyze import analyze
 from pipeline.analysis.classifier import ANALYSED_TYPES
+from pipeline.analysis.describers import Describer
 from pipeline.image_files import ImageError, load_rgb, read_bytes
-
-Describer = Callable[[np.ndarray, "bytes | None"], list[str]]
 
 DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
 HELD_OUT_PHOTOS = ("denoise/Kodak24", "denoise/McMaster", "jpeg/LIVE1")
@@ -123,11 +126,6 @@ def from_manifest(path: str, limit: int | None = None) -> Iterator[LabelledImage
         yield LabelledImage(row["key"], pixels, data, types, _true_params(applied))
 
 
-def analysis_describer(pixels: np.ndarray, jpeg_bytes: bytes | None) -> list[str]:
-    """The weight-free analysis as a describer."""
-    return analyze(pixels, jpeg_bytes).types
-
-
 @dataclass
 class Tally:
     """Confusion counts (rows: first true type, columns: predicted top-1) and top-1 hits."""
@@ -199,9 +197,13 @@ class Tally:
 
 @dataclass
 class Report:
+    """Per describer its confusion tally; the analysis' parameter errors; describer failures; and
+    every (image, true types, describer, predicted types) row."""
+
     tallies: dict[str, Tally]
     errors: dict[str, list[float]]
     failures: list[str]
+    predictions: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer]) -> Report:
@@ -210,6 +212,7 @@ def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer])
     tallies = {name: Tally.empty(ANALYSED_TYPES) for name in describers}
     errors: dict[str, list[float]] = {"sigma": [], "quality": []}
     failures: list[str] = []
+    predictions: list[tuple[str, str, str, str]] = []
     for s in samples:
         for name, describe in describers.items():
             try:
@@ -218,13 +221,14 @@ def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer])
                 failures.append(f"{name} on {s.name}: {e}")
                 predicted = ["other"]
             tallies[name].add(s.types, predicted)
+            predictions.append((s.name, "+".join(s.types), name, "+".join(predicted)))
         if s.params:
             estimates = analyze(s.pixels, s.jpeg_bytes).estimates
             if "sigma" in s.params and "jpeg" not in s.types:
                 errors["sigma"].append(abs(estimates["noise_sigma"] - s.params["sigma"]))
             if "quality" in s.params and "noise" not in s.types:
                 errors["quality"].append(abs(estimates["jpeg_quality"] - s.params["quality"]))
-    return Report(tallies, errors, failures)
+    return Report(tallies, errors, failures, predictions)
 
 
 def write(report: Report, out: Path, title: str) -> str:
@@ -249,33 +253,44 @@ def write(report: Report, out: Path, title: str) -> str:
     if rows:
         parts.append("| parameter | MAE | median AE | max AE | n |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     (out / "report.json").write_text(json.dumps(summary, indent=2))
+    with open(out / "predictions.csv", "w", newline="") as f:
+        rows_out = csv.writer(f)
+        rows_out.writerow(["image", "true", "describer", "predicted"])
+        rows_out.writerows(report.predictions)
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for the tables, PNGs and report.json")
-    ap.add_argument("--preset", choices=("synthetic", "real", "params"), help="a built-in labelled set")
+    ap.add_argument("--set", choices=("synthetic", "real", "params"), help="a built-in labelled set")
     ap.add_argument("--manifest", help="a dataset manifest parquet to evaluate on")
-    ap.add_argument("--photos", nargs="*", help="folders of clean photos (overrides the preset's)")
+    ap.add_argument("--photos", nargs="*", help="folders of clean photos (overrides the set's)")
     ap.add_argument("--data", default=str(DATA_ROOT), help="the shared data folder")
     ap.add_argument("--limit", type=int, help="at most this many manifest rows")
+    ap.add_argument("--describers", default="analysis",
+                    help=f"comma-separated, of {', '.join(describers.DESCRIBER_NAMES)}")
+    ap.add_argument("--preset", default="tiny", help="model preset of the mllm and clip describers")
     args = ap.parse_args(argv)
     data = Path(args.data)
     photos = [Path(p) for p in args.photos] if args.photos else [data / p for p in HELD_OUT_PHOTOS]
     if args.manifest:
         samples, title = from_manifest(args.manifest, args.limit), Path(args.manifest).name
-    elif args.preset == "synthetic":
+    elif args.set == "synthetic":
         samples, title = synthetic(photos, MODERATE_SPECS), "held-out photos, moderate synthetic degradations"
-    elif args.preset == "params":
+    elif args.set == "params":
         specs = {spec: (spec,) for spec in PARAM_SPECS}
         samples, title = synthetic(photos, specs), "held-out photos, parameter ranges"
-    elif args.preset == "real":
+    elif args.set == "real":
         samples, title = real(data), "real degraded images"
     else:
-        ap.error("give --preset or --manifest")
+        ap.error("give --set or --manifest")
     try:
-        report = evaluate(samples, {"analysis": analysis_describer})
+        chosen = describers.build([n.strip() for n in args.describers.split(",") if n.strip()], args.preset)
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        report = evaluate(samples, chosen)
     except ImageError as e:
         raise SystemExit(f"cannot read an evaluation image: {e}") from e
     print(write(report, Path(args.out), title))

@@ -24,11 +24,12 @@ FEATURE_NAMES: tuple[str, ...] = (
     "noise_sigma", "noise_sigma_half_ratio",
     "jpeg_lattice", "jpeg_quality", "blockiness",
     "edge_width", "edge_sharpness", "reblur",
-    "exp_mean", "exp_p1", "exp_p50", "exp_p99", "exp_dark", "exp_bright",
+    "exp_mean", "exp_logmean", "exp_p1", "exp_p10", "exp_p25", "exp_p50", "exp_p75", "exp_p90", "exp_p99",
+    "exp_dark", "exp_shadow", "exp_bright",
     "haze_dark", "haze_airlight", "haze_transmission", "saturation", "contrast",
     "streak_energy", "streak_coherence", "streak_along", "streak_across", "streak_verticality",
-    "streak_bright_share",
-    "blob_density", "blob_white_density", "blob_dog_p99", "blob_tophat",
+    "streak_bright_share", "streak_peak", "streak_peak_count", "streak_peak_along", "streak_peak_across",
+    "blob_density", "blob_white_density", "blob_dog_p99", "blob_tophat", "blob_large_density", "blob_grey_share",
 )
 
 
@@ -87,14 +88,15 @@ def measure(pixels: np.ndarray) -> Measurements:
         "noise_sigma": sigma, "noise_sigma_half_ratio": 2 * sigma_half / max(sigma, 0.1),
         "jpeg_lattice": lattice, "jpeg_quality": quality, "blockiness": blockiness,
         "edge_width": width, "edge_sharpness": sharpness, "reblur": est.reblur_loss(y),
-        "exp_mean": exp["mean"], "exp_p1": exp["p1"], "exp_p50": exp["p50"], "exp_p99": exp["p99"],
-        "exp_dark": exp["dark"], "exp_bright": exp["bright"],
+        **{f"exp_{k}": v for k, v in exp.items()},
         "haze_dark": haze["dark"], "haze_airlight": haze["airlight"], "haze_transmission": haze["transmission"],
         "saturation": haze["saturation"], "contrast": haze["contrast"],
         "streak_energy": streak["energy"], "streak_coherence": streak["coherence"],
         "streak_along": streak["along"], "streak_across": streak["across"],
         "streak_verticality": float(abs(np.sin(np.radians(streak["angle"])))),
         "streak_bright_share": streak["bright_share"], "streak_angle": streak["angle"],
-        "blob_density": blobs["density"], "blob_white_density": blobs["white_density"], "blob_dog_p99": blobs["dog_p99"], "blob_tophat": blobs["tophat"],
+        "streak_peak": streak["peak"], "streak_peak_count": streak["peak_count"],
+        "streak_peak_along": streak["peak_along"], "streak_peak_across": streak["peak_across"],
+        **{f"blob_{k}": v for k, v in blobs.items()},
     }
     return Measurements(values)

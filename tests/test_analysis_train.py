@@ -1,0 +1,59 @@
+"""The training set of the analysis classifier: labels, camera effects, jitter, and a small fit."""
+
+import numpy as np
+import pytest
+
+from pipeline.analysis import train
+from pipeline.analysis.classifier import ANALYSED_TYPES
+from pipeline.analysis.features import measure
+
+
+def _labels(applied):
+    return dict(zip(ANALYSED_TYPES, train.label_vector(applied)))
+
+
+def test_jpeg_label_grows_with_compression_and_clean_is_the_rest():
+    assert _labels([])["clean"] == 1.0
+    fine = _labels([{"type": "jpeg", "params": {"quality": train.CLEAN_JPEG_QUALITY}}])
+    assert fine["jpeg"] == 0.0 and fine["clean"] == 1.0
+    mid = _labels([{"type": "noise", "params": {"sigma": 10}}, {"type": "jpeg", "params": {"quality": 84}}])
+    assert mid["noise"] == 1.0 and 0.0 < mid["jpeg"] < 1.0 and mid["clean"] == 0.0
+    assert _labels([{"type": "jpeg", "params": {"quality": 30}}])["jpeg"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def crop():
+    return train.load_photo("chelsea")[:256, :256].copy()
+
+
+def test_correlated_noise_is_noise_that_survives_halving(crop):
+    rng = np.random.default_rng(0)
+    noisy, applied = train.correlated_noise(crop, rng, seed=0)
+    assert applied[0]["type"] == "noise" and noisy.shape == crop.shape
+    white, _ = train.degraded_example(crop, f"noise:sigma={applied[0]['params']['sigma']}", "", seed=0)
+    # White noise halves under 2×2 averaging; blurred noise keeps more of its σ.
+    assert measure(noisy).values["noise_sigma_half_ratio"] > measure(white).values["noise_sigma_half_ratio"]
+
+
+def test_soft_rain_is_fainter_than_crisp_rain(crop):
+    crisp, _ = train.degraded_example(crop, "rain:intensity=0.8", "", seed=3)
+    soft, applied = train.degraded_example(crop, "rain:intensity=0.8", "soft", seed=3)
+    assert applied[0]["type"] == "rain"
+    base = crop.astype(np.float32)
+    assert 0 < np.abs(soft - base).mean() < np.abs(crisp - base).mean()
+
+
+def test_jitter_keeps_the_median_in_a_well_exposed_range(crop):
+    rng = np.random.default_rng(1)
+    medians = [np.median(train._luma(train.jitter(crop, rng).astype(np.float32) / 255)) for _ in range(20)]
+    assert min(medians) > 0.18 and max(medians) < 0.9
+
+
+def test_fit_learns_separable_examples():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    labels = np.zeros((200, len(ANALYSED_TYPES)), np.float32)
+    labels[np.arange(200), (x[:, 0] > 0).astype(int)] = 1.0
+    examples = [train.Example(np.abs(f) * np.sign(f), y, "p") for f, y in zip(x, labels)]
+    model = train.fit(examples, hidden=8, steps=300)
+    assert train.top1(model, examples) > 0.9
