@@ -23,7 +23,7 @@ import argparse
 import json
 import math
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,8 +39,8 @@ from restore.model import Restorer
 from restore.priors_online import ANALYSIS_ONLY, PRESET_CHOICES, OnlinePriors, load_or_analysis_only
 from restore.validate import restore_sample, to_uint8
 
-# A (dataset, degradation) whose parameters take at most this many distinct values is a set of
-# fixed-parameter variants (noise σ 15/25/50) and gets a column per variant.
+# A (dataset, degradation) whose parameters take at most this many distinct values, each shared
+# by several images, is a set of fixed-parameter variants (noise σ 15/25/50): a column each.
 MAX_VARIANTS = 4
 
 
@@ -80,8 +80,9 @@ def column_labels(rows: list[dict]) -> dict[str, str]:
         groups[(row["dataset"], row["degradation"])].append(row)
     labels = {}
     for (dataset, degradation), members in groups.items():
-        variants = {_variant(r["params"]) for r in members}
-        split = 1 < len(variants) <= MAX_VARIANTS
+        variants = Counter(_variant(r["params"]) for r in members)
+        # Fixed parameters repeat over the images of a set; parameters drawn per image do not.
+        split = 1 < len(variants) <= MAX_VARIANTS and min(variants.values()) > 1
         for r in members:
             suffix = f" {_variant(r['params'])}" if split else ""
             labels[r["key"]] = f"{dataset} {degradation}{suffix}"

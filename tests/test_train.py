@@ -24,7 +24,7 @@ N = 3  # steps before the kill; the schedule has 2N
 def config_for(index: Path, out: Path, **changes) -> train.TrainConfig:
     settings = dict(shards=str(index), out=str(out), crop=32, batch_size=2, workers=0, shuffle_buffer=8,
                     steps=2 * N, warmup_steps=2, lr=1e-3, grad_clip=1.0, fft_weight=0.05, log_every=1,
-                    val_every=2 * N, val_samples=2, save_every=N, keep=5)
+                    val_every=2 * N, val_samples=2, save_every=N, keep=5, threads=1)
     settings.update(changes)
     return train.TrainConfig(**settings)
 
@@ -83,7 +83,7 @@ def test_kill_and_resume_gives_the_same_weights_as_a_straight_run(shard_index, t
 
 def _ddp_rank(rank: int, port: int, config: train.TrainConfig, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     model = train.fit(config)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, f"rank{rank}.safetensors"))
