@@ -238,10 +238,14 @@ def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
         _wait_for_dashboard("http://127.0.0.1:8271", head, timeout=180)
         out = tmp_path / "job_out"
         sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
-        job = subprocess.run([ray_bin, "job", "submit", "--address", "http://127.0.0.1:8271", "--",
-                              sys.executable, "-m", "pipeline.extract", "--manifest", rain_manifest,
-                              "--out", str(out), "--samples-per-shard", "4", "--set", "reference=false", *sets],
-                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        command = [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8271", "--",
+                   sys.executable, "-m", "pipeline.extract", "--manifest", rain_manifest,
+                   "--out", str(out), "--samples-per-shard", "4", "--set", "reference=false", *sets]
+        for _ in range(30):  # the dashboard answers before the node's job agent has registered
+            job = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+            if "No available agent" not in job.stderr + job.stdout:
+                break
+            time.sleep(2)
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
         index = json.loads((out / "index.json").read_text())
         assert index["samples"] == 8 and len(index["shards"]) == 2
