@@ -5,7 +5,7 @@ batch size; both times include loading the models. Prints samples/s of each, the
 (pipeline / loop: above 1 means orchestration costs less than the overlap of stages gains) and
 the per-stage time split of each.
 
-    python bench/extract.py [--samples 64] [--preset tiny] [--batch-size 4] [--num-cpus 2]
+    python bench/extract.py [--samples 252] [--preset tiny] [--batch-size 8] [--num-cpus 2]
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def plain_loop(rows: list[dict], config: extract_config.ExtractConfig, batch_siz
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=252, help="demo samples to run (252 = all)")
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--num-cpus", type=int, default=None)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
