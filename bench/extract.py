@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--num-cpus", type=int, default=None)
+    ap.add_argument("--config", default=None, help="extraction YAML (per-stage GPUs), as for pipeline.extract")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = demo_data.build(demo_data.DemoConfig(out=str(Path(tmp) / "data")))
@@ -65,7 +66,7 @@ def main() -> None:
         small = str(Path(tmp) / "bench.parquet")
         pq.write_table(pa.Table.from_pylist(rows, schema=manifest.SCHEMA), small)
         sets = {f"stages.{s}.batch_size": str(args.batch_size) for s in extract.STAGE_NAMES}
-        config = extract_config.load(None, sets, preset=args.preset, samples_per_shard=max(1, len(rows) // 4))
+        config = extract_config.load(args.config, sets, preset=args.preset, samples_per_shard=max(1, len(rows) // 4))
 
         loop_time, loop_split = plain_loop(rows, config, args.batch_size)
         start = time.perf_counter()
