@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 import pipeline
-from pipeline import extract_config, manifest, shards, stages
+from pipeline import extract_config, manifest, shards, stages, typed_config
 from pipeline.extract_config import ExtractConfig, StageResources
 from pipeline.sample_format import GT, LQ, REF, SampleFormatError, SampleMeta, encode_record
 
@@ -259,15 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     args = ap.parse_args(argv)
-    sets = {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        sets[key] = value
     fields = {k: v for k, v in (("preset", args.preset), ("samples_per_shard", args.samples_per_shard)) if v is not None}
     try:
-        config = extract_config.load(args.config, sets, **fields)
+        config = extract_config.load(args.config, typed_config.parse_sets(args.set), **fields)
     except ValueError as e:
         ap.error(str(e))
     index = extract(args.manifest, args.out, config, args.retry_failed, args.address, args.num_cpus)

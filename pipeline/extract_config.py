@@ -27,11 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from pipeline import typed_config
 from pipeline.image_files import MAX_PIXELS
 from pipeline.models import presets
-from pipeline.models.presets import override_dataclass
 from pipeline.sample_format import FORMAT_VERSION
 
 
@@ -90,53 +88,8 @@ class ExtractConfig:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _nest(flat: Mapping[str, str]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
-
-
-def _apply(config: ExtractConfig, changes: Mapping[str, Any]) -> ExtractConfig:
-    changes = dict(changes)
-    models = changes.pop("models", None)
-    stage_changes = changes.pop("stages", None) or {}
-    config = override_dataclass(config, changes, "config") if changes else config
-    if stage_changes:
-        if not isinstance(stage_changes, Mapping):
-            raise ValueError("config.stages must map stage names to their resources")
-        names = [f.name for f in dataclasses.fields(Stages)]
-        unknown = sorted(set(stage_changes) - set(names))
-        if unknown:
-            raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(names)}")
-        stages = dataclasses.replace(config.stages, **{
-            name: override_dataclass(getattr(config.stages, name), res, f"stages.{name}")
-            for name, res in stage_changes.items()})
-        config = dataclasses.replace(config, stages=stages)
-    if models:
-        merged = {k: dict(v) for k, v in config.models.items()}
-        for component, fields in models.items():
-            merged.setdefault(component, {}).update(fields)
-        config = dataclasses.replace(config, models=merged)
-    config.resolved_models()  # an unknown preset or model field fails here, before any work
-    return config
-
-
 def load(path: str | None = None, sets: Mapping[str, str] | None = None, **fields: Any) -> ExtractConfig:
     """Defaults, then the YAML file at ``path``, then keyword fields, then dotted ``sets``."""
-    config = ExtractConfig()
-    if path:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: an extraction config is a YAML mapping")
-        config = _apply(config, data)
-    if fields:
-        config = _apply(config, fields)
-    if sets:
-        config = _apply(config, _nest(sets))
+    config = typed_config.load(ExtractConfig(), path, sets, **fields)
+    config.resolved_models()  # an unknown preset or model field fails here, before any work
     return config

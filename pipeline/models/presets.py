@@ -9,10 +9,11 @@ names one of the small random models that ``pipeline.models.tiny`` builds offlin
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.typed_config import override_dataclass
 
 TINY_SCHEME = "tiny://"
 
@@ -136,50 +137,6 @@ def preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]()
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Turn command-line strings into the field's type; anything else must already have it."""
-    args = typing.get_args(hint)
-    allowed = tuple(a for a in args if a is not type(None)) if args else (hint,)
-    if value is None:
-        if type(None) in args:
-            return None
-        raise ValueError(f"{where}: None is not allowed")
-    if isinstance(value, str) and type(None) in args and value.strip().lower() in ("none", "null"):
-        return None
-    if isinstance(value, str) and str not in allowed:
-        text = value.strip()
-        kind = allowed[0]
-        try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(text)
-                return text.lower() in ("true", "1", "yes")
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"{where}: cannot read {value!r} as {kind.__name__}") from None
-    if isinstance(value, bool) and bool not in allowed:
-        raise ValueError(f"{where}: expected {' or '.join(a.__name__ for a in allowed)}, got a bool")
-    if isinstance(value, int) and float in allowed and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, allowed):
-        raise ValueError(f"{where}: expected {' or '.join(a.__name__ for a in allowed)}, "
-                         f"got {type(value).__name__} {value!r}")
-    return value
-
-
-def override_dataclass(settings: Any, changes: Mapping[str, Any], where: str) -> Any:
-    """A copy of the frozen dataclass ``settings`` with ``changes`` applied, strings read as each
-    field's type; an unknown field raises ValueError naming ``where`` and the valid fields."""
-    hints = typing.get_type_hints(type(settings))
-    names = [f.name for f in dataclasses.fields(settings)]
-    unknown = sorted(set(changes) - set(names))
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(f'{where}.{u}' for u in unknown)}; "
-                         f"{where} has: {', '.join(names)}")
-    typed = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in changes.items()}
-    return dataclasses.replace(settings, **typed)
 
 
 def with_overrides(base: Preset, overrides: Mapping[str, Any]) -> Preset:
