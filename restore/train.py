@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline.models.presets import override_dataclass
+from pipeline import typed_config
 from restore import checkpoint, data
 from restore.data import Position
 from restore.model import Restorer, RestorerConfig, drop_priors, preset
@@ -95,45 +95,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        head, dot, rest = dotted.partition(".")
-        if dot:
-            if head != "model_overrides":
-                raise ValueError(f"unknown setting {dotted!r}; only model_overrides.<field> is nested")
-            nested.setdefault(head, {})[rest] = value
-        else:
-            nested[head] = value
-    return nested
-
-
-def _apply(config: TrainConfig, changes: Mapping[str, Any], where: str) -> TrainConfig:
-    changes = dict(changes)
-    overrides = changes.pop("model_overrides", None)
-    if changes:
-        config = override_dataclass(config, changes, where)
-    if overrides:
-        if not isinstance(overrides, Mapping):
-            raise ValueError(f"{where}: model_overrides must map restorer config fields to values")
-        config = dataclasses.replace(config, model_overrides={**config.model_overrides, **overrides})
-    return config
-
-
 def load_config(path: str | None = None, sets: Mapping[str, str] | None = None, **fields: Any) -> TrainConfig:
-    """Defaults, then the YAML file at ``path``, then keyword ``fields``, then ``--set`` strings."""
-    config = TrainConfig()
-    if path:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"{path}: a training config is a YAML mapping of TrainConfig fields")
-        config = _apply(config, raw, path)
-    if fields:
-        config = _apply(config, fields, "arguments")
-    if sets:
-        config = _apply(config, _nest(sets), "--set")
-    return config
+    """Defaults, then the YAML file at ``path``, then keyword ``fields``, then ``--set`` strings
+    (``model_overrides.<field>`` reaches the restorer's config)."""
+    return typed_config.load(TrainConfig(), path, sets, **fields)
 
 
 def get_lr(step: int, config: TrainConfig) -> float:
@@ -204,11 +169,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 def restorer_config(config: TrainConfig, widths: Mapping[str, int]) -> RestorerConfig:
     """The preset with the data's prior widths, then ``model_overrides`` (strings read as each
     field's type, YAML lists as tuples)."""
-    base = preset(config.model, **widths)
-    typed = {k: v for k, v in config.model_overrides.items() if isinstance(v, str)}
-    other = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model_overrides.items()
-             if not isinstance(v, str)}
-    return dataclasses.replace(override_dataclass(base, typed, "model_overrides"), **other)
+    return typed_config.override_dataclass(preset(config.model, **widths), config.model_overrides, "model_overrides")
 
 
 @dataclass
@@ -453,16 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field, e.g. lr=1e-3 or model_overrides.dim=16")
     args = ap.parse_args(argv)
-    sets = {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        if not eq:
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        sets[key] = value
     fields = {k: v for k, v in (("shards", args.shards), ("val_shards", args.val_shards), ("out", args.out))
               if v is not None}
     try:
-        config = load_config(args.config, sets, **fields)
+        config = load_config(args.config, typed_config.parse_sets(args.set), **fields)
     except ValueError as e:
         ap.error(str(e))
     if not config.shards:
