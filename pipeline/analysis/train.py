@@ -46,14 +46,14 @@ MAX_SCALE = {"grace_hopper": 0.5}
 # "correlated": correlated sensor noise, maybe compressed).
 SPECS: tuple[tuple[str, int, str], ...] = (
     ("", 4, ""), ("jpeg:quality=93..98", 1, ""),
-    ("noise:sigma=3..55", 2, ""), ("camera-noise", 1, ""), ("", 2, "correlated"),
+    ("noise:sigma=5..55", 2, ""), ("camera-noise", 1, ""), ("", 2, "correlated"),
     ("motion-blur:length=5..25", 1, ""), ("defocus-blur:radius=1.5..6", 1, ""),
     ("jpeg:quality=5..90", 2, ""),
     ("low-light", 1, ""), ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=1..8", 2, ""),
     ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=1..8+jpeg:quality=70..95", 1, ""),
     ("haze", 1, ""), ("haze:beta=0.5..1.2", 1, ""),
     ("rain:angle=55..125", 1, ""), ("rain:angle=55..125,intensity=0.3..0.9", 2, "soft"),
-    ("snow", 1, ""), ("snow:density=0.001..0.005,veil=0..0.15", 1, "soft"),
+    ("snow", 2, ""), ("snow:density=0.001..0.005,veil=0..0.15", 2, "soft"),
     ("motion-blur+noise:sigma=5..25", 1, ""), ("defocus-blur+jpeg:quality=10..70", 1, ""),
     ("noise:sigma=5..30+jpeg:quality=20..90", 1, ""), ("rain+noise:sigma=5..20", 1, ""),
     ("haze+noise:sigma=5..20", 1, ""), ("snow+jpeg:quality=30..90", 1, ""), ("rain+jpeg:quality=30..90", 1, ""),
@@ -109,16 +109,30 @@ def _luma(x: np.ndarray) -> np.ndarray:
     return x @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def sky(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A clear sky, 0..1 RGB (h, w, 3): a smooth vertical gradient from a blue to a paler tone."""
+    top = np.array([0.35, 0.5, 0.8], np.float32) * rng.uniform(0.8, 1.2) + rng.uniform(-0.05, 0.05, 3)
+    bottom = top + (0.9 - top) * rng.uniform(0.2, 0.8)
+    ramp = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    return np.clip(np.broadcast_to(top + (bottom - top) * ramp, (h, w, 3)), 0, 1)
+
+
 def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A mirrored/rotated copy with a new exposure, contrast, white balance and saturation.
 
     With few photos this is what keeps "clean" from meaning "exposed like these photos": gain and
     gamma move the median luminance, which is then held in 0.25..0.8 — a well-exposed scene can
     be dim or bright, an under-exposed one is what the low-light kinds make. A fifth of the crops
-    turn grey, the others get a saturation of 0.5..1.3.
+    turn grey, the others get a saturation of 0.5..1.3. The shipped photos are close-ups with no
+    sky, whose bright, smooth, colourless top looks like haze to the dark-channel cues: a quarter
+    of the crops get a clear sky over their top 15..45%. A third get the faint grain (σ 0.5..2.5)
+    every real sensor leaves, below what pipeline.degrade calls noise (σ ≥ 5).
     """
     x = np.rot90(img, int(rng.integers(4))) if rng.random() < 0.3 else img
     x = (x[:, ::-1] if rng.random() < 0.5 else x).astype(np.float32) / 255.0
+    if rng.random() < 0.25:
+        rows = int(x.shape[0] * rng.uniform(0.15, 0.45))
+        x = np.concatenate([sky(rows, x.shape[1], rng), x[rows:]], axis=0)
     x = np.power(x, rng.uniform(0.75, 1.4)) * rng.uniform(0.7, 1.3)
     median = float(np.median(_luma(x)))
     x *= float(np.clip(median, 0.25, 0.8)) / max(median, 1e-3)
@@ -128,6 +142,8 @@ def jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     grey = _luma(x)[..., None]
     saturation = 0.0 if rng.random() < 0.2 else rng.uniform(0.5, 1.3)
     x = grey + (x - grey) * saturation
+    if rng.random() < 0.33:
+        x = x + rng.normal(0.0, rng.uniform(0.5, 2.5) / 255.0, x.shape).astype(np.float32)
     return np.ascontiguousarray(np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8))
 
 
