@@ -1,9 +1,11 @@
 """The main job on the embedded default, end to end: `make demo` runs this.
 
-    python -m restore.demo [--out demo_out]
+    python -m restore.demo [--out demo_out] [--steps 300]
 
-Demo data (real photos shipped with scikit-image, degraded with every synthetic type) → prior
-extraction with the tiny models on a local Ray → a short report of what was made and where.
+Demo data (real photos shipped with scikit-image, degraded with every synthetic type, train tiles
+and held-out tiles of other photos) → prior extraction with the tiny models on a local Ray → a few
+minutes of training of the tiny restorer on the CPU → evaluation on the held-out tiles → one
+restored image and its side-by-side PNG → a short report. Everything lands under ``--out``.
 """
 
 from __future__ import annotations
@@ -11,34 +13,78 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from pipeline import demo_data, extract, extract_config, manifest
+from restore import evaluate, infer
+from restore.train import TrainConfig, train
+
+
+def _training_config(index: str, out: str, steps: int) -> TrainConfig:
+    # Measured on a busy 2-core machine: 300 steps take ~3.5 min and lift the held-out PSNR
+    # from 19.7 dB (degraded input) to ~21.3 dB.
+    return TrainConfig(shards=index, out=out, model="tiny", crop=64, batch_size=8, workers=1, steps=steps,
+                       lr=2e-3, warmup_steps=20, grad_clip=1.0, ema_decay=0.99, val_every=100, save_every=100,
+                       val_samples=28, log_every=20)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m restore.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    ap.add_argument("--steps", type=int, default=300, help="training steps of the tiny restorer")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     args = ap.parse_args()
-    timings = {}
+    out = Path(args.out)
+    timings: dict[str, float] = {}
+
     start = time.time()
-    path = demo_data.build(demo_data.DemoConfig(out=os.path.join(args.out, "data")))
-    rows = manifest.read(path)
+    manifest_path = demo_data.build(demo_data.DemoConfig(out=str(out / "data")))
+    rows = manifest.read(manifest_path)
     timings["demo data"] = time.time() - start
 
     start = time.time()
-    priors_dir = os.path.join(args.out, "priors")
-    config = extract_config.load(None, preset="tiny", samples_per_shard=64)
-    index = extract.extract(path, priors_dir, config, num_cpus=args.num_cpus)
+    index = extract.extract(manifest_path, str(out / "priors"), extract_config.load(None, preset="tiny",
+                                                                                    samples_per_shard=64),
+                            num_cpus=args.num_cpus)
+    import ray
+
+    # The trainer's DataLoader worker must not be forked from a process holding Ray's threads.
+    ray.shutdown()
     timings["prior extraction"] = time.time() - start
 
+    start = time.time()
+    index_path = str(out / "priors" / "index.json")
+    run = train(_training_config(index_path, str(out / "run"), args.steps))
+    timings["training"] = time.time() - start
+
+    start = time.time()
+    results = evaluate.evaluate(run, [manifest_path], shards=index_path, split="test", out=str(out / "eval"))
+    table = evaluate.table(results, method="lmdir tiny (demo)")
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    (out / "eval" / "table.md").write_text(table + "\n")
+    avg = evaluate.averages(results)
+    timings["evaluation"] = time.time() - start
+
+    start = time.time()
+    example = next(r for r in rows if r["split"] == "test" and r["degradation"] == "rain")
+    restored = infer.restore_images(run, [example["lq_uri"]], out / "restored", write_side_by_side=True)
+    timings["restoration"] = time.time() - start
+
     print("\n== lmdir demo report ==")
-    print(f"demo dataset:  {len(rows)} samples ({sum(r['split'] == 'train' for r in rows)} train, "
-          f"{sum(r['split'] == 'test' for r in rows)} held-out) — {os.path.abspath(path)}")
-    print(f"priors:        {index['samples']} ok, {index['failed']} failed in {len(index['shards'])} shards, "
-          f"{sum(s['bytes'] for s in index['shards']) / 2**20:.1f} MiB — {os.path.abspath(priors_dir)}/index.json")
-    print(f"prior models:  {', '.join(f'{k}: {v}' for k, v in index['settings'].items())}")
-    print("time:          " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print(f"demo dataset:   {len(rows)} samples ({sum(r['split'] == 'train' for r in rows)} train, "
+          f"{sum(r['split'] == 'test' for r in rows)} held-out) — {os.path.abspath(manifest_path)}")
+    print(f"priors:         {index['samples']} ok, {index['failed']} failed in {len(index['shards'])} shards, "
+          f"{sum(s['bytes'] for s in index['shards']) / 2**20:.1f} MiB — {os.path.abspath(index_path)}")
+    print(f"prior models:   {', '.join(f'{k}: {v}' for k, v in index['settings'].items())}")
+    print(f"training:       {args.steps} steps of the tiny restorer — {os.path.abspath(run)} "
+          f"(curve: {os.path.abspath(Path(run) / 'curve.png')})")
+    print(f"held-out PSNR:  degraded input {avg['psnr_in']:.2f} dB → restored {avg['psnr']:.2f} dB "
+          f"({avg['psnr'] - avg['psnr_in']:+.2f} dB); SSIM {avg['ssim_in']:.4f} → {avg['ssim']:.4f}")
+    print(f"table:          {os.path.abspath(out / 'eval' / 'table.md')}")
+    print(f"restored image: {os.path.abspath(restored[0])} "
+          f"(side by side: {os.path.abspath(restored[0].with_name(restored[0].stem + '_side_by_side.png'))})")
+    print("time:           " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print("\n" + table)
 
 
 if __name__ == "__main__":
