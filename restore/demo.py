@@ -66,7 +66,7 @@ def main() -> None:
     timings["evaluation"] = time.time() - start
 
     start = time.time()
-    example = next(r for r in rows if r["split"] == "test" and r["degradation"] == "rain")
+    example = next(r for r in rows if r["split"] == "test" and r["degradation"] == "haze")
     restored = infer.restore_images(run, [example["lq_uri"]], out / "restored", write_side_by_side=True)
     timings["restoration"] = time.time() - start
 
