@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from pipeline.image_files import sha256_file
 from pipeline.published import (
     MAX_MANIFEST_BYTES,
     PublishedSet,
@@ -120,15 +120,6 @@ def parse_shard_range(text: str | None, count: int) -> list[int]:
                              f"(the manifest has {count} shards)")
         indices.extend(range(first, last + 1))
     return sorted(set(indices))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (shards can be far larger than memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def download(manifest: PublishedSet, dest: str | Path, shards: Sequence[int] | None = None,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.download import sha256_file
+from pipeline.image_files import sha256_file
 from pipeline.published import (
     SHARD_NAME,
     ManifestError,

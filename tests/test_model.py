@@ -27,13 +27,7 @@ from restore.model.summary import RESTORMER_CONV_GMACS, RESTORMER_PARAMS, format
 TOKEN_WIDTH, CLIP_WIDTH = 32, 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are small: one thread avoids thread start-up costs on a shared 2-core runner.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, **overrides) -> Restorer:

@@ -34,13 +34,7 @@ def shard_index(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("shards"), shards=2, per_shard=5, test_samples=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The same thread count in every process keeps float reductions, and so the weights, identical.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _killed_at_n(config: train.TrainConfig) -> None:

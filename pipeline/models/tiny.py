@@ -13,7 +13,6 @@ two processes (two Ray actors, say) building at once both end up with one comple
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.image_files import sha256_file
 from pipeline.models.presets import TINY_SCHEME
 
 # Bump when a recipe below changes: an old cache is then left alone instead of being reused.
@@ -215,16 +215,8 @@ def _build_clip(weights: Path, config_file: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_manifest(root: Path) -> None:
-    files = {p.relative_to(root).as_posix(): _sha256(p)
+    files = {p.relative_to(root).as_posix(): sha256_file(p)
              for p in sorted(root.rglob("*")) if p.is_file()}
     manifest = {"version": TINY_VERSION, "seed": SEED, "files": files}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -267,7 +259,7 @@ def ensure_tiny(cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
 def fingerprint(cache_dir: str | os.PathLike | None = None) -> str:
     """sha256 of the tiny build's manifest: one id for the exact weights a run used."""
     parent = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return _sha256(parent / f"v{TINY_VERSION}" / MANIFEST)
+    return sha256_file(parent / f"v{TINY_VERSION}" / MANIFEST)
 
 
 def resolve(name_or_path: str) -> str:
