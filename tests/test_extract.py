@@ -222,6 +222,19 @@ def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float) -> Non
     raise AssertionError(f"no Ray dashboard at {url} after {timeout} s")
 
 
+def _free_ports(n: int) -> list[int]:
+    """Ports free right now: the in-process Ray of other tests holds Ray's default ones."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
 def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # A token-authenticated head, as a cluster should be run: the job client presents the same token.
@@ -229,16 +242,19 @@ def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
     ray_tmp = tempfile.mkdtemp(prefix="lmdir-ray-", dir="/tmp")  # Unix socket paths must stay short
     # --block keeps the head's processes in one process group that the test owns and kills at the
     # end; `ray stop` would also stop any other Ray on this machine.
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--port=6391",
-                             "--dashboard-host=127.0.0.1", "--dashboard-port=8271", "--num-cpus=2",
-                             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
+    gcs, dashboard, agent = _free_ports(3)
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                             f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", "--include-dashboard=true",
+                             "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
-        _wait_for_dashboard("http://127.0.0.1:8271", head, timeout=180)
+        url = f"http://127.0.0.1:{dashboard}"
+        _wait_for_dashboard(url, head, timeout=180)
         out = tmp_path / "job_out"
         sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
-        command = [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8271", "--",
+        command = [ray_bin, "job", "submit", "--address", url, "--",
                    sys.executable, "-m", "pipeline.extract", "--manifest", rain_manifest,
                    "--out", str(out), "--samples-per-shard", "4", "--set", "reference=false", *sets]
         for _ in range(30):  # the dashboard answers before the node's job agent has registered
