@@ -28,8 +28,9 @@ CAPTION_PROMPT = (
 )
 # Filled with the weight-free analysis of the same image, when the caller has one.
 HINT_TEMPLATE = "An automatic measurement of this image suggests: {hint}. Check it against what you see."
-# The reference should show the caption's scene without the input's defects.
-REFERENCE_PROMPT = "{caption}, sharp focus, clean, well exposed, high quality photo"
+# The reference should show the caption's scene without the input's defects. The quality words
+# come first: text encoders keep the first 77 tokens, so a long caption loses its own tail, not them.
+REFERENCE_PROMPT = "a sharp, clean, well exposed, high quality photo: {caption}"
 # OpenAI's CLIP weights were trained with QuickGELU; open_clip's plain "ViT-L-14" config uses GELU
 # and only warns about the mismatch, so the preset names the matching config.
 OPENAI_VIT_L_14 = "ViT-L-14-quickgelu"
