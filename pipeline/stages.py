@@ -69,6 +69,20 @@ def _timed(batch: Batch, stage: str, start: float) -> Batch:
     return batch
 
 
+def _model_step(batch: Batch, stage: str, column: str, empty: Any, provenance: str,
+                call: Callable[[Batch, list[int]], Sequence[Any]],
+                convert: Callable[[Any], Any] = lambda result: result) -> Batch:
+    """The body every model stage shares: fill ``column`` (``empty`` where a row failed) from
+    ``call`` on the live rows, stamp the stage's provenance and its time per row."""
+    start = time.perf_counter()
+    batch = _as_lists(batch)
+    n = len(batch["key"])
+    batch[column], batch[f"prov_{stage}"] = [empty] * n, [provenance] * n
+    for i, result in _guarded(batch, stage, lambda idx: call(batch, idx)).items():
+        batch[column][i] = convert(result)
+    return _timed(batch, stage, start)
+
+
 def _pixels(batch: Batch, column: str, i: int) -> np.ndarray:
     return decode_rgb(batch[column][i], f"{batch['key'][i]}.{column}").pixels
 
@@ -146,16 +160,11 @@ class DescriberStage:
         self.provenance = json.dumps(self.model.provenance(), sort_keys=True)
 
     def __call__(self, batch: Batch) -> Batch:
-        start = time.perf_counter()
-        batch = _as_lists(batch)
-        n = len(batch["key"])
-        batch["degradation_text"], batch["prov_describer"] = [""] * n, [self.provenance] * n
-        hints = batch.get("hint", [""] * n)
-        results = _guarded(batch, "describer", lambda idx: self.model.describe(
-            [_pixels(batch, "lq_png", i) for i in idx], [hints[i] for i in idx] if self.use_hint else None))
-        for i, text in results.items():
-            batch["degradation_text"][i] = text
-        return _timed(batch, "describer", start)
+        def describe(b: Batch, idx: list[int]) -> list[str]:
+            hints = [b["hint"][i] for i in idx] if self.use_hint and "hint" in b else None
+            return self.model.describe([_pixels(b, "lq_png", i) for i in idx], hints)
+
+        return _model_step(batch, "describer", "degradation_text", "", self.provenance, describe)
 
 
 class CaptionerStage:
@@ -168,14 +177,8 @@ class CaptionerStage:
         self.provenance = json.dumps(self.model.provenance(), sort_keys=True)
 
     def __call__(self, batch: Batch) -> Batch:
-        start = time.perf_counter()
-        batch = _as_lists(batch)
-        n = len(batch["key"])
-        batch["caption"], batch["prov_captioner"] = [""] * n, [self.provenance] * n
-        results = _guarded(batch, "captioner", lambda idx: self.model.caption([_pixels(batch, "lq_png", i) for i in idx]))
-        for i, text in results.items():
-            batch["caption"][i] = text
-        return _timed(batch, "captioner", start)
+        return _model_step(batch, "captioner", "caption", "", self.provenance,
+                           lambda b, idx: self.model.caption([_pixels(b, "lq_png", i) for i in idx]))
 
 
 def reference_seed(key: str) -> int:
@@ -193,15 +196,10 @@ class ReferenceStage:
         self.provenance = json.dumps(self.model.provenance(), sort_keys=True)
 
     def __call__(self, batch: Batch) -> Batch:
-        start = time.perf_counter()
-        batch = _as_lists(batch)
-        n = len(batch["key"])
-        batch["ref_png"], batch["prov_reference"] = [b""] * n, [self.provenance] * n
-        results = _guarded(batch, "reference", lambda idx: self.model.render(
-            [batch["caption"][i] for i in idx], [reference_seed(batch["key"][i]) for i in idx]))
-        for i, image in results.items():
-            batch["ref_png"][i] = encode_png(image)
-        return _timed(batch, "reference", start)
+        return _model_step(batch, "reference", "ref_png", b"", self.provenance,
+                           lambda b, idx: self.model.render([b["caption"][i] for i in idx],
+                                                            [reference_seed(b["key"][i]) for i in idx]),
+                           convert=encode_png)
 
 
 class ClipStage:
@@ -223,13 +221,7 @@ class ClipStage:
         }, batch["key"][i]) for j, i in enumerate(idx)]
 
     def __call__(self, batch: Batch) -> Batch:
-        start = time.perf_counter()
-        batch = _as_lists(batch)
-        n = len(batch["key"])
-        batch["npz"], batch["prov_clip"] = [b""] * n, [self.provenance] * n
-        for i, data in _guarded(batch, "clip", lambda idx: self._embed(batch, idx)).items():
-            batch["npz"][i] = data
-        return _timed(batch, "clip", start)
+        return _model_step(batch, "clip", "npz", b"", self.provenance, self._embed)
 
 
 def merge_types(text: str, analysis_json: str) -> list[str]:
