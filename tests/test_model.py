@@ -128,6 +128,18 @@ def test_absent_sample_gets_the_same_null_as_an_absent_field():
     torch.testing.assert_close(out[1:], alone_without, atol=1e-5, rtol=0)
 
 
+def test_all_samples_absent_equals_no_priors_and_the_graph_has_no_break():
+    model = tiny_model().eval()
+    lq = torch.rand(2, 3, 24, 24)
+    none = priors_for(model, 2).with_present(**{name: torch.zeros(2, dtype=torch.bool) for name in PRIOR_NAMES})
+    with torch.no_grad():
+        torch.testing.assert_close(model(lq, none), model(lq), atol=1e-5, rtol=0)
+    # Presence is masked, never branched on: one graph, so torch.compile fuses the whole step.
+    mixed = priors_for(model, 2).with_present(reference=torch.tensor([True, False]))
+    explained = torch._dynamo.explain(model)(lq, mixed)
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
 def test_an_empty_token_mask_counts_as_absent():
     model = tiny_model().eval()
     lq = torch.rand(1, 3, 16, 16)

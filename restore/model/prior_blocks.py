@@ -98,10 +98,10 @@ class ReferenceEncoder(nn.Module):
         """The (B, 3, H, W) reference at the LQ size, the null image for samples without one."""
         device = self.null.device
         null = F.interpolate(self.null, size=size, mode="bilinear", align_corners=False).expand(batch, -1, -1, -1)
-        present = priors.presence("reference", batch, device)
-        if not bool(present.any()):
-            return null
         ref = priors.reference
+        if ref is None:
+            return null
+        present = priors.presence("reference", batch, device)
         if ref.ndim != 4 or ref.shape[:2] != (batch, 3):
             raise ValueError(f"Priors.reference has shape {tuple(ref.shape)}, the model expects ({batch}, 3, H, W)")
         return torch.where(present[:, None, None, None], resize_reference(ref, size).to(null.dtype), null)

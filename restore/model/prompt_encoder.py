@@ -74,10 +74,10 @@ class PromptEncoder(nn.Module):
     def _single(self, priors: Priors, name: str, proj: nn.Module, width: int, index: int,
                 batch: int, device: torch.device) -> Tensor:
         null = (self.null[index] + self.source[index]).expand(batch, 1, -1)
-        present = priors.presence(name, batch, device)
-        if not bool(present.any()):
-            return null
         value = getattr(priors, name)
+        if value is None:
+            return null
+        present = priors.presence(name, batch, device)
         if value.shape != (batch, width):
             raise ValueError(f"Priors.{name} has shape {tuple(value.shape)}, the model expects ({batch}, {width})")
         token = (proj(value) + self.source[index])[:, None]
@@ -88,14 +88,15 @@ def encode_tokens(priors: Priors, name: str, proj: nn.Module, null: Tensor, widt
                   device: torch.device, offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Project ``priors.<name>_tokens`` (+ ``offset``) and put the ``null`` token where absent.
 
-    Returns (B, T, D) tokens and their (B, T) mask; (B, 1, D) null tokens when no sample has
-    them. An absent sample sees the null token alone, which attends exactly like a batch without
-    the field, since masked positions get zero weight.
+    Returns (B, T, D) tokens and their (B, T) mask; (B, 1, D) null tokens when the field is
+    None. An absent sample sees the null token alone, which attends exactly like a batch without
+    the field, since masked positions get zero weight. Presence is applied by masking, never by
+    branching on flag values, so a step neither waits for the GPU nor breaks a compiled graph.
     """
-    present = priors.presence(f"{name}_tokens", batch, device)
-    if not bool(present.any()):
-        return null.expand(batch, 1, -1), torch.ones(batch, 1, dtype=torch.bool, device=device)
     tokens, mask = getattr(priors, f"{name}_tokens"), getattr(priors, f"{name}_mask")
+    if tokens is None:
+        return null.expand(batch, 1, -1), torch.ones(batch, 1, dtype=torch.bool, device=device)
+    present = priors.presence(f"{name}_tokens", batch, device)
     check_tokens(tokens, mask, batch, width, name)
     present = present & mask.any(dim=1)
     tokens = proj(tokens)
