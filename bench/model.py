@@ -4,6 +4,7 @@ no-prior backbone, measured in the same run (and, given a checkout, a public Res
     python -m bench.model                                  # CPU, base at 128², 5 reps, 1 thread
     python -m bench.model --restormer-repo ~/src/Restormer # + Restormer's own arch file
     python -m bench.model --device cuda                    # bf16 fwd+bwd throughput, 128² and 256²
+    python -m bench.model --device cuda --compile          # + each variant under torch.compile
 
 CPU times interleave the variants rep by rep (a shared machine's load then hits all alike) and
 report the best of the reps. Peak memory is measured for each variant in a fresh process: the
@@ -128,11 +129,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, lq: torch.Ten
     optimizer.step()
 
 
-def gpu_throughput(args: argparse.Namespace, variant: str, size: int) -> tuple[float, float]:
-    """Training images/s and peak GiB of ``variant`` at ``size``² patches."""
+def gpu_throughput(args: argparse.Namespace, variant: str, size: int, compiled: bool) -> tuple[float, float]:
+    """Training images/s and peak GiB of ``variant`` at ``size``² patches (``compiled``: under
+    torch.compile, whose compilation happens in the warm-up steps and is not timed)."""
     device = torch.device("cuda")
     model, lq, priors = build(variant, args.preset, size, args.batch, args.restormer_repo)
     model = model.to(device).train()
+    if compiled:
+        model = torch.compile(model)
     lq = lq.to(device)
     priors = priors.to(device) if priors is not None else None
     target = torch.rand_like(lq)
@@ -155,11 +159,13 @@ def gpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
           f"{args.reps} timed training steps after 3 warm-up steps")
     print("| variant | patch | images/s | peak memory (GiB) |")
     print("|---|---:|---:|---:|")
-    for size in (128, 256):
+    for size in args.sizes:
         for variant in variants:
-            rate, peak = gpu_throughput(args, variant, size)
-            print(f"| {variant} | {size} | {rate:.1f} | {peak:.2f} |")
-            torch.cuda.empty_cache()
+            for compiled in (False, True) if args.compile else (False,):
+                rate, peak = gpu_throughput(args, variant, size, compiled)
+                name = f"{variant} (compiled)" if compiled else variant
+                print(f"| {name} | {size} | {rate:.1f} | {peak:.2f} |", flush=True)
+                torch.cuda.empty_cache()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 by default: steadier timings on a shared machine)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[128, 256],
+                        help="GPU: patch sizes, comma-separated")
+    parser.add_argument("--compile", action="store_true", help="GPU: also time each variant under torch.compile")
     parser.add_argument("--restormer-repo", type=Path, default=None,
                         help="a local checkout of the public Restormer repository, timed side by side")
     args = parser.parse_args(argv)
