@@ -79,6 +79,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: this rank's GPU when there is one, else the CPU
     amp: bool = True  # bf16 autocast on GPUs
+    # torch.compile the training model: fused kernels make base ~1.8x faster on an H100
+    # (bench/model.py); the first steps wait minutes for compilation. Validation runs eagerly.
+    compile: bool = False
     # CPU threads of each training process (CPU runs only). Default: this rank's share of the
     # cores minus its DataLoader workers. More OpenMP threads than free cores made CPU training
     # ~25x slower on a busy 2-core machine (measured: 20 s/step with 2 threads, 0.7 s with 1).
@@ -324,6 +327,8 @@ def fit(config: TrainConfig, resume: bool = False,
         # Samples without a prior leave its projection unused in a step: DDP must allow that.
         model = DistributedDataParallel(raw, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                                         find_unused_parameters=True)
+    if config.compile:
+        model = torch.compile(model)
     model.train()
     batches = iter(loader)
     bar = tqdm(total=config.steps, initial=progress.step, disable=not env.main, desc="train", unit="step",
