@@ -226,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="folder for restored images, results.jsonl and results.md")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's own; 1 on a machine shared with other jobs)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = evaluate(args.checkpoint, args.manifest, args.shards, args.preset,
                        None if args.split == "all" else args.split, args.y_channel, args.tile, args.out,
                        args.limit, args.device)

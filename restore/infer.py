@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.image_files import ImageError, decode_rgb, read_bytes, save_png
 from pipeline.sample_format import make_key
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side-by-side", action="store_true", help="also write input | restored PNGs")
     ap.add_argument("--preset", default=None, choices=PRESET_CHOICES, help="prior models to use")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's own; 1 on a machine shared with other jobs)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     user = UserPriors(args.degradation, args.caption, not args.no_reference)
     try:
         restore_images(args.checkpoint, args.images, args.out, user, args.tile, args.side_by_side,

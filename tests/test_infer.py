@@ -37,7 +37,7 @@ def saved_restorer(path, width: int):
 def test_automatic_priors_without_weights_restore_every_image(photos, tmp_path, capsys):
     model_dir = saved_restorer(tmp_path / "model", WIDTH)
     assert infer.main(["--checkpoint", str(model_dir), *photos, "--out", str(tmp_path / "out"),
-                       "--preset", "analysis-only", "--side-by-side"]) == 0
+                       "--preset", "analysis-only", "--side-by-side", "--threads", "1"]) == 0
     for i, size in enumerate((40, 56)):
         restored = load_rgb(str(tmp_path / "out" / f"dark{i}.png")).pixels
         assert restored.shape == (size, size, 3)
