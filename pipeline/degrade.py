@@ -7,7 +7,8 @@ codec), whatever the order written, so a spec means one thing.
 
 OpenCV does the filtering and PIL's libjpeg the JPEG coding; the physically based models that
 common augmentation libraries do not offer with their parameters reported — atmospheric
-scattering haze, streak rain, layered snow, Poisson–Gaussian camera noise — are written here.
+scattering haze, streak rain and layered snow (crisp or out of focus and translucent),
+Poisson–Gaussian camera noise, spatially correlated sensor noise — are written here.
 Gaussian noise follows the all-in-one papers: float image in [0,1] plus N(0, σ/255), clipped.
 """
 
@@ -104,18 +105,27 @@ def _streaks(h: int, w: int, rng: np.random.Generator, density: float, length: f
     return np.clip(layer * length * 0.6, 0.0, 1.0)
 
 
+def _precipitation_layer(layer: np.ndarray, defocus: float, opacity: float) -> np.ndarray:
+    """A rain or snow layer out of the focal plane (blurred by ``defocus`` px) and translucent
+    (× ``opacity``): thin, faint streaks and flakes as most real photos hold, not crisp lines."""
+    if defocus > 0:
+        layer = cv2.GaussianBlur(layer, (0, 0), sigmaX=defocus)
+    return layer * opacity
+
+
 def rain(img: np.ndarray, rng: np.random.Generator, density: float, length: float, angle: float,
-         intensity: float) -> tuple[np.ndarray, Params]:
+         intensity: float, defocus: float = 0.0, opacity: float = 1.0) -> tuple[np.ndarray, Params]:
     """Rain streaks: sparse seeds smeared along a near-vertical line, screen-blended."""
     x = _f(img)
     h, w = x.shape[:2]
-    layer = _streaks(h, w, rng, density, length, angle, width=1) * intensity
+    layer = _precipitation_layer(_streaks(h, w, rng, density, length, angle, width=1) * intensity, defocus, opacity)
     out = 1.0 - (1.0 - x) * (1.0 - layer[..., None])
-    return _u8(out), {"density": density, "length": length, "angle": angle, "intensity": intensity}
+    return _u8(out), {"density": density, "length": length, "angle": angle, "intensity": intensity,
+                      "defocus": defocus, "opacity": opacity}
 
 
 def snow(img: np.ndarray, rng: np.random.Generator, density: float, flake_size: float,
-         veil: float) -> tuple[np.ndarray, Params]:
+         veil: float, defocus: float = 0.0, opacity: float = 1.0) -> tuple[np.ndarray, Params]:
     """Layered snow: a few depth layers of soft flakes (nearer = larger, sparser), a whitening veil."""
     x = _f(img)
     h, w = x.shape[:2]
@@ -127,9 +137,11 @@ def snow(img: np.ndarray, rng: np.random.Generator, density: float, flake_size: 
         flakes = cv2.GaussianBlur(seeds, (0, 0), sigmaX=radius) * (2 * np.pi * radius * radius)
         flakes = cv2.filter2D(flakes, -1, line_kernel(2 + 2 * scale, angle), borderType=cv2.BORDER_REFLECT)
         layer = np.maximum(layer, np.clip(flakes * 0.9, 0, 1))
+    layer = _precipitation_layer(layer, defocus, opacity)
     veiled = x * (1 - veil) + veil * 0.9
     out = 1.0 - (1.0 - veiled) * (1.0 - layer[..., None])
-    return _u8(out), {"density": density, "flake_size": flake_size, "veil": veil, "angle": round(float(angle), 2)}
+    return _u8(out), {"density": density, "flake_size": flake_size, "veil": veil, "angle": round(float(angle), 2),
+                      "defocus": defocus, "opacity": opacity}
 
 
 # --- optics: blur -------------------------------------------------------------------------------
@@ -179,6 +191,19 @@ def camera_noise(img: np.ndarray, rng: np.random.Generator, photons: float,
     return _u8(np.power(np.clip(noisy, 0.0, 1.0), 1 / 2.2)), {"photons": photons, "read_sigma": read_sigma}
 
 
+def sensor_noise(img: np.ndarray, rng: np.random.Generator, sigma: float, correlation: float,
+                 shared: float) -> tuple[np.ndarray, Params]:
+    """Noise as a camera's processing leaves it: white noise blurred over ``correlation`` px
+    (demosaicking, in-camera denoising), a ``shared`` part common to the three channels (luma
+    noise), scaled to σ/255 after blurring. Unlike white noise it survives 2×2 averaging."""
+    h, w = img.shape[:2]
+    white = rng.normal(0.0, 1.0, (h, w, 3)).astype(np.float32)
+    white = shared * white.mean(axis=2, keepdims=True) * np.sqrt(3) + (1 - shared) * white
+    noise = cv2.GaussianBlur(white, (0, 0), sigmaX=correlation)
+    noise *= sigma / 255.0 / max(float(noise.std()), 1e-6)
+    return _u8(_f(img) + noise), {"sigma": sigma, "correlation": correlation, "shared": shared}
+
+
 # --- codec ---------------------------------------------------------------------------------------
 
 def jpeg(img: np.ndarray, rng: np.random.Generator, quality: int) -> tuple[np.ndarray, Params]:
@@ -198,6 +223,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("kernel-blur", "blur", kernel_blur, {}),
     Kind("low-light", "low-light", low_light, {"gamma": (1.5, 2.5), "scale": (0.08, 0.35), "sigma": (1.0, 6.0)}),
     Kind("camera-noise", "noise", camera_noise, {"photons": (30.0, 300.0), "read_sigma": (1.0, 6.0)}),
+    Kind("sensor-noise", "noise", sensor_noise, {"sigma": (4.0, 30.0), "correlation": (0.5, 1.2),
+                                                 "shared": (0.3, 1.0)}),
     Kind("noise", "noise", gaussian_noise, {"sigma": (5.0, 50.0)}),
     Kind("jpeg", "jpeg", jpeg, {"quality": (10, 90)}),
 )}

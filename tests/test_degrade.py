@@ -64,3 +64,27 @@ def test_bad_specs_are_refused_with_the_reason(photo):
         degrade.apply(photo, "noise:strength=3", seed=0)
     with pytest.raises(ValueError, match="kernels npz"):
         degrade.apply(photo, "kernel-blur", seed=0)
+
+
+def test_sensor_noise_has_its_sigma_and_survives_halving_unlike_white_noise():
+    flat = np.full((256, 256, 3), 128, np.uint8)
+    sensor, params = degrade.apply(flat, "sensor-noise:sigma=20,correlation=1.0,shared=0.5", seed=0)
+    white, _ = degrade.apply(flat, "noise:sigma=20", seed=0)
+    assert params[0]["type"] == "noise" and params[0]["params"]["kind"] == "sensor-noise"
+    assert abs((sensor.astype(np.float64) - 128).std() - 20) < 1.0
+
+    def halved(img):  # σ left after 2×2 averaging, as a fraction of the full-resolution σ
+        x = img.astype(np.float64) - 128
+        return (x.reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))).std() / x.std()
+
+    # White noise halves under 2×2 averaging; blurred noise keeps more of its σ.
+    assert halved(white) < 0.55 < 0.8 < halved(sensor)
+
+
+def test_defocused_translucent_rain_and_snow_are_fainter_than_crisp_and_default_to_crisp(photo):
+    base = photo.astype(np.float32)
+    for kind in ("rain", "snow"):
+        crisp, params = degrade.apply(photo, f"{kind}:density=0.01", seed=3)
+        soft, _ = degrade.apply(photo, f"{kind}:density=0.01,defocus=1.0,opacity=0.5", seed=3)
+        assert params[0]["params"]["defocus"] == 0.0 and params[0]["params"]["opacity"] == 1.0
+        assert 0 < np.abs(soft - base).mean() < np.abs(crisp - base).mean()
