@@ -171,7 +171,7 @@ def test_classifier_weights_round_trip_and_refuse_other_features(tmp_path):
     model = default_classifier()
     model.save(tmp_path / "w.safetensors")
     again = Classifier.load(tmp_path / "w.safetensors")
-    x = np.random.default_rng(0).random((3, model.w1.shape[0]))
+    x = np.random.default_rng(0).random((3, model.mean.shape[0]))
     assert np.allclose(model.scores(x), again.scores(x), atol=1e-5)
     from safetensors.numpy import load_file, save_file
 

@@ -26,23 +26,6 @@ def crop():
     return train.load_photo("chelsea")[:256, :256].copy()
 
 
-def test_correlated_noise_is_noise_that_survives_halving(crop):
-    rng = np.random.default_rng(0)
-    noisy, applied = train.correlated_noise(crop, rng, seed=0)
-    assert applied[0]["type"] == "noise" and noisy.shape == crop.shape
-    white, _ = train.degraded_example(crop, f"noise:sigma={applied[0]['params']['sigma']}", "", seed=0)
-    # White noise halves under 2×2 averaging; blurred noise keeps more of its σ.
-    assert measure(noisy).values["noise_sigma_half_ratio"] > measure(white).values["noise_sigma_half_ratio"]
-
-
-def test_soft_rain_is_fainter_than_crisp_rain(crop):
-    crisp, _ = train.degraded_example(crop, "rain:intensity=0.8", "", seed=3)
-    soft, applied = train.degraded_example(crop, "rain:intensity=0.8", "soft", seed=3)
-    assert applied[0]["type"] == "rain"
-    base = crop.astype(np.float32)
-    assert 0 < np.abs(soft - base).mean() < np.abs(crisp - base).mean()
-
-
 def test_jitter_keeps_the_median_in_a_well_exposed_range(crop):
     rng = np.random.default_rng(1)
     medians = [np.median(train._luma(train.jitter(crop, rng).astype(np.float32) / 255)) for _ in range(20)]
@@ -57,3 +40,21 @@ def test_fit_learns_separable_examples():
     examples = [train.Example(np.abs(f) * np.sign(f), y, "p") for f, y in zip(x, labels)]
     model = train.fit(examples, hidden=8, steps=300)
     assert train.top1(model, examples) > 0.9
+
+
+def test_photo_files_are_found_and_shrunk_to_the_benchmark_size(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((1200, 2048, 3), 90, np.uint8)).save(tmp_path / "wide.png")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    photos = train.photos_in([str(tmp_path)])
+    assert photos == (str(tmp_path / "wide.png"),)
+    assert train.load_photo(photos[0]).shape == (600, train.FILE_SIDE, 3)
+    (tmp_path / "wide.png").unlink()
+    with pytest.raises(SystemExit, match="no .jpg"):
+        train.photos_in([str(tmp_path)])
+
+
+def test_missing_package_photos_name_the_packages_to_install(tmp_path):
+    with pytest.raises(SystemExit, match="apt-get install opencv-doc plasma-workspace-wallpapers"):
+        train.package_photos(tmp_path)

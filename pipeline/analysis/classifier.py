@@ -1,7 +1,9 @@
 """The small classifier over the classical measurements: numpy inference, safetensors weights.
 
-A one-hidden-layer perceptron with one sigmoid output per analysed type (an image can carry
-several). Parameters (σ, quality, …) are the estimators' own, uncalibrated. Trained by ``pipeline.analysis.train``; the weights file is a few
+An ensemble of one-hidden-layer perceptrons, trained from different seeds, with one sigmoid
+output per analysed type (an image can carry several), averaged over the members: with a few
+dozen training photos a single member's decision varies by one or two points of accuracy with
+its seed, and the average varies less. Parameters (σ, quality, …) are the estimators' own, uncalibrated. Trained by ``pipeline.analysis.train``; the weights file is a few
 kilobytes and ships inside the package.
 """
 
@@ -30,20 +32,21 @@ def transform(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Classifier:
-    """Weights of the perceptron and the standardisation of its inputs."""
+    """Weights of the K ensemble members (leading axis) and the standardisation of the inputs."""
 
-    mean: np.ndarray
-    std: np.ndarray
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
+    mean: np.ndarray  # (F,)
+    std: np.ndarray  # (F,)
+    w1: np.ndarray  # (K, F, H)
+    b1: np.ndarray  # (K, H)
+    w2: np.ndarray  # (K, H, T)
+    b2: np.ndarray  # (K, T)
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
         """Per-type probabilities (N, len(ANALYSED_TYPES)) for raw measurement rows (N, F)."""
         z = (transform(raw) - self.mean) / self.std
-        hidden = np.maximum(z @ self.w1 + self.b1, 0.0)
-        return 1.0 / (1.0 + np.exp(-(hidden @ self.w2 + self.b2)))
+        hidden = np.maximum(np.einsum("nf,kfh->knh", z, self.w1) + self.b1[:, None], 0.0)
+        logits = np.einsum("knh,kht->knt", hidden, self.w2) + self.b2[:, None]
+        return (1.0 / (1.0 + np.exp(-logits))).mean(axis=0)
 
     def save(self, path: Path = WEIGHTS, info: dict | None = None) -> None:
         """Write the weights as safetensors; names and ``info`` go into its string metadata."""

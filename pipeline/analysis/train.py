@@ -1,17 +1,19 @@
-"""Train the analysis classifier on synthetic degradations of the photos that ship offline.
+"""Train the analysis classifier on synthetic degradations of clean photos that install offline.
 
+    apt-get install opencv-doc plasma-workspace-wallpapers      # 32 of the photos (PACKAGE_PHOTOS)
     python -m pipeline.analysis.train [--out pipeline/analysis/weights.safetensors] [--workers 2]
+        [--photo-dir MORE_CLEAN_PHOTOS] [--installed-only]
 
-The photos (``skimage.data`` and matplotlib's sample photo, both installed with the packages) are
-cut into many random crops at scales 0.3..1, mirrored, rotated and re-exposed, re-coloured or
-turned grey, so that "clean" covers dim, bright, flat and colourless scenes and not just these
-photos. Each crop is degraded by the kinds of ``pipeline.degrade`` over ranges from faint to
-heavy, by pairs of kinds, and by two camera effects that the degradation kinds do not model:
-soft, partly transparent rain and snow (precipitation out of the focal plane) and spatially
-correlated, often JPEG-compressed, sensor noise (what demosaicking and in-camera denoising leave).
-The classical measurements of each result train a small perceptron with numpy. None of the
-evaluation photos (Kodak24, McMaster, LIVE1, the real sets in shared/data) is used. Seeded; a few
-minutes on 2 CPU cores.
+The photos (``skimage.data`` and matplotlib's sample photo, installed with the Python packages,
+and PACKAGE_PHOTOS from two Debian/Ubuntu packages) are cut into many random crops at scales
+0.3..1, mirrored, rotated and re-exposed, re-coloured or turned grey, so that "clean" covers dim,
+bright, flat and colourless scenes and not just these photos. Each crop is degraded by the kinds
+of ``pipeline.degrade`` over ranges from faint to heavy and by pairs of kinds, including what
+real cameras show: soft, translucent rain and snow (precipitation out of the focal plane),
+correlated, often JPEG-compressed sensor noise (what demosaicking and in-camera denoising leave)
+and backlit under-exposure. The classical measurements of each result train a small perceptron
+with numpy. None of the evaluation photos (Kodak24, McMaster, LIVE1, the real sets in
+shared/data) is used. Seeded; about 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from pipeline import degrade
 from pipeline.analysis.classifier import ANALYSED_TYPES, WEIGHTS, Classifier, transform
 from pipeline.analysis.features import measure
+from pipeline.image_files import load_rgb
 
 # Natural photographs that install with the packages. Left out: hubble_deep_field and cell (dark
 # by nature, so "clean" would teach that darkness is fine), page/text/logo/colorwheel (not
@@ -39,25 +42,74 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "moto
 # 8×8 lattice that would otherwise teach "clean" to accept compression (grace_hopper is quality 80;
 # rocket and retina are 94..96, finer than CLEAN_JPEG_QUALITY).
 MAX_SCALE = {"grace_hopper": 0.5}
+# Photographs among the files of two Debian/Ubuntu packages (``apt-get install opencv-doc
+# plasma-workspace-wallpapers``), under /usr/share: streets, buildings, people, animals, aerial
+# views and landscapes, the scenes benchmark photos show and the installed photos lack. Left out:
+# drawings, maps, charts, renders, foggy or colour-filtered wallpapers, grainy scans and a
+# motion-blurred number plate.
+SHARE = Path("/usr/share")
+PACKAGE_PHOTOS = tuple(f"doc/opencv-doc/examples/{p}" for p in (
+    "data/fruits.jpg", "data/baboon.jpg", "data/leuvenA.jpg", "data/squirrel_cls.jpg", "data/aloeL.jpg",
+    "data/board.jpg", "data/messi5.jpg", "data/building.jpg", "data/aero1.jpg", "data/aero3.jpg",
+    "reg/home.png", "hfs/data/000.jpg", "data/basketball1.png", "alphamat/input_images/plant.jpg",
+    *(f"text/scenetext0{i}.jpg" for i in range(1, 7)), "data/ela_original.jpg", "data/smarties.png",
+    "data/graf1.png", "data/chicky_512.png", "data/rubberwhale1.png",
+)) + tuple(f"wallpapers/{name}/contents/images/{size}.jpg" for name, size in (
+    ("ColorfulCups", "2560x1600"), ("EveningGlow", "2560x1600"), ("Grey", "2560x1600"), ("Kite", "2560x1600"),
+    ("OneStandsOut", "2560x1600"), ("Path", "2560x1600"), ("Volna", "5120x2880"),
+))
+# Image files are shrunk to at most this many pixels a side (benchmark photos hold 0.2..1 MP);
+# JPEG files are cropped at scales up to 0.5 only, which erases their 8×8 lattice.
+FILE_SIDE = 1024
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-# (spec, weight, effect): degrade specs over ranges wider than pipeline.degrade's defaults on the
-# mild side (real rain is fainter and real low light brighter than the defaults), common pairs,
-# and the camera effects of this module ("soft": precipitation layer blurred and faded;
-# "correlated": correlated sensor noise, maybe compressed).
-SPECS: tuple[tuple[str, int, str], ...] = (
-    ("", 4, ""), ("jpeg:quality=93..98", 1, ""),
-    ("noise:sigma=5..55", 2, ""), ("camera-noise", 1, ""), ("", 2, "correlated"),
-    ("motion-blur:length=5..25", 1, ""), ("defocus-blur:radius=1.5..6", 1, ""),
-    ("jpeg:quality=5..90", 2, ""),
-    ("low-light", 1, ""), ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=1..8", 2, ""),
-    ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=1..8+jpeg:quality=70..95", 1, ""),
-    ("haze", 1, ""), ("haze:beta=0.5..1.2", 1, ""),
-    ("rain:angle=55..125", 1, ""), ("rain:angle=55..125,intensity=0.3..0.9", 2, "soft"),
-    ("snow", 2, ""), ("snow:density=0.001..0.005,veil=0..0.15", 2, "soft"),
-    ("motion-blur+noise:sigma=5..25", 1, ""), ("defocus-blur+jpeg:quality=10..70", 1, ""),
-    ("noise:sigma=5..30+jpeg:quality=20..90", 1, ""), ("rain+noise:sigma=5..20", 1, ""),
-    ("haze+noise:sigma=5..20", 1, ""), ("snow+jpeg:quality=30..90", 1, ""), ("rain+jpeg:quality=30..90", 1, ""),
-    ("low-light+jpeg:quality=30..90", 1, ""),
+
+def package_photos(share: Path = SHARE) -> tuple[str, ...]:
+    """PACKAGE_PHOTOS as paths under ``share``; exits naming the packages when one is missing."""
+    paths = tuple(str(share / p) for p in PACKAGE_PHOTOS)
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"{len(missing)} training photos missing, e.g. {missing[0]}: install them with "
+                         "`apt-get install opencv-doc plasma-workspace-wallpapers` (or pass --share DIR, "
+                         "or --installed-only to train on the scikit-image photos alone)")
+    return paths
+
+
+def short_name(photo: str, share: Path) -> str:
+    """A photo's name in reports: its path under ``share``, else its file name or installed name."""
+    path = Path(photo)
+    return str(path.relative_to(share)) if path.is_relative_to(share) else path.name
+
+
+def photos_in(folders: list[str]) -> tuple[str, ...]:
+    """Image files of ``folders``, sorted: clean photos to train on besides the installed ones."""
+    files = [str(f) for d in folders for f in sorted(Path(d).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if folders and not files:
+        raise SystemExit(f"--photo-dir {' '.join(folders)}: no {'/'.join(IMAGE_SUFFIXES)} files there")
+    return tuple(files)
+
+# (spec, weight): degrade specs over ranges wider than pipeline.degrade's defaults on the mild side
+# (real rain is fainter and real low light brighter than the defaults), common pairs, and the
+# effects cameras add: rain and snow out of the focal plane and translucent (defocus, opacity),
+# correlated sensor noise, often JPEG-compressed, and under-exposure against a bright background
+# (a high gamma near scale 1 crushes the shadows and keeps the sky: a backlit subject).
+SOFT = "defocus=0.3..1.2,opacity=0.35..1"
+SPECS: tuple[tuple[str, int], ...] = (
+    ("", 4), ("jpeg:quality=93..98", 1),
+    ("noise:sigma=5..55", 2), ("camera-noise", 1), ("sensor-noise", 1), ("sensor-noise+jpeg:quality=70..95", 1),
+    ("motion-blur:length=5..25", 1), ("defocus-blur:radius=1.5..6", 1),
+    ("jpeg:quality=5..90", 2),
+    ("low-light", 1), ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=1..8", 2),
+    ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=1..8+jpeg:quality=70..95", 1),
+    ("low-light:gamma=2.0..3.5,scale=0.6..1.0,sigma=1..6", 2),
+    ("haze", 1), ("haze:beta=0.5..1.2", 1),
+    ("rain:angle=55..125", 1), (f"rain:angle=55..125,intensity=0.3..0.9,{SOFT}", 2),
+    ("rain:density=0.0005..0.003,length=25..60,angle=60..120,intensity=0.6..1.0", 2),
+    ("snow", 2), (f"snow:density=0.001..0.005,veil=0..0.15,{SOFT}", 2),
+    ("motion-blur+noise:sigma=5..25", 1), ("defocus-blur+jpeg:quality=10..70", 1),
+    ("noise:sigma=5..30+jpeg:quality=20..90", 1), ("rain+noise:sigma=5..20", 1),
+    ("haze+noise:sigma=5..20", 1), ("snow+jpeg:quality=30..90", 1), ("rain+jpeg:quality=30..90", 1),
+    ("low-light+jpeg:quality=30..90", 1),
 )
 # Photos are often stored as fine JPEGs: at or above this quality the codec is not a degradation,
 # at or below JPEG_FULL it fully is, and in between its label grows linearly, so that a noisy or
@@ -88,7 +140,17 @@ class Example:
 
 
 def load_photo(name: str) -> np.ndarray:
-    """A photo installed with scikit-image (or matplotlib's ``grace_hopper``) as 8-bit RGB."""
+    """A photo installed with scikit-image (or matplotlib's ``grace_hopper``), or an image file
+    (a name holding a path separator), as 8-bit RGB. Files are shrunk to at most ``FILE_SIDE``
+    pixels a side first: benchmark photos hold 0.2..1 MP, and a wallpaper's shallow focus,
+    shrunk so, stops looking like a defocus blur."""
+    if "/" in name:
+        pixels = load_rgb(name).pixels
+        h, w = pixels.shape[:2]
+        scale = FILE_SIDE / max(h, w)
+        if scale < 1:
+            pixels = cv2.resize(pixels, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(pixels)
     if name == "grace_hopper":
         import matplotlib.cbook
         from PIL import Image
@@ -162,45 +224,9 @@ def crops(img: np.ndarray, rng: np.random.Generator, n: int, max_scale: float = 
     return out
 
 
-def soften(clean: np.ndarray, degraded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The degradation's added layer blurred (σ 0.3..1.2) and faded (×0.35..1): rain and snow out of
-    the focal plane, thin and translucent as in most real photos, not crisp one-pixel lines."""
-    layer = degraded.astype(np.float32) - clean.astype(np.float32)
-    layer = cv2.GaussianBlur(layer, (0, 0), rng.uniform(0.3, 1.2)) * rng.uniform(0.35, 1.0)
-    return np.clip(np.rint(clean + layer), 0, 255).astype(np.uint8)
-
-
-def correlated_noise(img: np.ndarray, rng: np.random.Generator, seed: int) -> tuple[np.ndarray, list[dict]]:
-    """Sensor noise as a camera leaves it: Gaussian noise blurred over 0.5..1.2 px (demosaicking,
-    denoising), partly shared by the channels, σ 4..30 after blurring, then in half the cases
-    JPEG-compressed at quality 70..95. Returns the image and degrade-style records."""
-    h, w = img.shape[:2]
-    corr = rng.uniform(0.5, 1.2)
-    white = rng.normal(0.0, 1.0, (h, w, 3)).astype(np.float32)
-    shared = rng.uniform(0.3, 1.0)
-    white = shared * white.mean(axis=2, keepdims=True) * np.sqrt(3) + (1 - shared) * white
-    noise = cv2.GaussianBlur(white, (0, 0), corr)
-    sigma = rng.uniform(4.0, 30.0)
-    noise *= sigma / max(float(noise.std()), 1e-6)
-    out = np.clip(np.rint(img.astype(np.float32) + noise), 0, 255).astype(np.uint8)
-    applied = [{"type": "noise", "params": {"kind": "correlated-noise", "sigma": round(float(sigma), 2),
-                                            "correlation_px": round(float(corr), 2)}}]
-    if rng.random() < 0.5:
-        out, coded = degrade.apply(out, "jpeg:quality=70..95", seed)
-        applied += coded
-    return out, applied
-
-
-def degraded_example(crop: np.ndarray, spec: str, effect: str, seed: int) -> tuple[np.ndarray, list[dict]]:
+def degraded_example(crop: np.ndarray, spec: str, seed: int) -> tuple[np.ndarray, list[dict]]:
     """One training image and its degradation records for a SPECS entry."""
-    if effect == "correlated":
-        return correlated_noise(crop, np.random.default_rng(seed), seed)
-    if not spec:
-        return crop, []
-    img, applied = degrade.apply(crop, spec, seed)
-    if effect == "soft":
-        img = soften(crop, img, np.random.default_rng(seed + 1))
-    return img, applied
+    return degrade.apply(crop, spec, seed) if spec else (crop, [])
 
 
 def _examples_for_photo(args: tuple[str, int, int]) -> list[Example]:
@@ -208,10 +234,11 @@ def _examples_for_photo(args: tuple[str, int, int]) -> list[Example]:
     cv2.setNumThreads(1)  # one process per core already
     rng = np.random.default_rng(seed)
     out = []
-    for i, crop in enumerate(crops(load_photo(name), rng, n_crops, MAX_SCALE.get(name, 1.0))):
-        for j, (spec, weight, effect) in enumerate(SPECS):
+    jpeg_file = name.lower().endswith((".jpg", ".jpeg"))
+    for i, crop in enumerate(crops(load_photo(name), rng, n_crops, MAX_SCALE.get(name, 0.5 if jpeg_file else 1.0))):
+        for j, (spec, weight) in enumerate(SPECS):
             for k in range(weight):
-                img, applied = degraded_example(crop, spec, effect, degrade.seed_for(f"{name}/{i}/{j}/{k}/{seed}"))
+                img, applied = degraded_example(crop, spec, degrade.seed_for(f"{name}/{i}/{j}/{k}/{seed}"))
                 out.append(Example(measure(img).vector(), label_vector(applied), name))
     return out
 
@@ -246,14 +273,14 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, seed: int, lr
     return p
 
 
-def fit(examples: list[Example], hidden: int = 64, steps: int = 3000, seed: int = 0) -> Classifier:
-    """Classifier fitted to ``examples``."""
+def fit(examples: list[Example], hidden: int = 64, steps: int = 3000, seed: int = 0, members: int = 5) -> Classifier:
+    """An ensemble of ``members`` perceptrons fitted to ``examples`` from seeds seed, seed+1, …"""
     raw = np.stack([e.features for e in examples]).astype(np.float64)
     labels = np.stack([e.labels for e in examples]).astype(np.float64)
     z = transform(raw)
     mean, std = z.mean(0), z.std(0) + 1e-6
-    p = fit_mlp((z - mean) / std, labels, hidden, steps, seed)
-    return Classifier(mean, std, p["w1"], p["b1"], p["w2"], p["b2"])
+    fitted = [fit_mlp((z - mean) / std, labels, hidden, steps, seed + k) for k in range(members)]
+    return Classifier(mean, std, *(np.stack([p[name] for p in fitted]) for name in ("w1", "b1", "w2", "b2")))
 
 
 def top1(model: Classifier, examples: list[Example]) -> float:
@@ -283,24 +310,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--examples", help="npz of measured examples: read it if it exists, else write it")
+    ap.add_argument("--photo-dir", action="append", default=[],
+                    help="a folder of clean photos to train on as well (repeatable); never evaluation photos")
+    ap.add_argument("--share", type=Path, default=SHARE, help="where the packages' photos are installed")
+    ap.add_argument("--installed-only", action="store_true",
+                    help="train on the photos installed with scikit-image and matplotlib alone")
     args = ap.parse_args(argv)
+    photos = PHOTOS + (() if args.installed_only else package_photos(args.share)) + photos_in(args.photo_dir)
     t0 = time.time()
     if args.examples and Path(args.examples).exists():
         examples = load_examples(args.examples)
         print(f"{len(examples)} examples read from {args.examples}")
     else:
-        examples = build(PHOTOS, args.crops, args.seed, args.workers)
-        print(f"{len(examples)} examples from {len(PHOTOS)} photos in {time.time() - t0:.0f}s")
+        examples = build(photos, args.crops, args.seed, args.workers)
+        print(f"{len(examples)} examples from {len(photos)} photos in {time.time() - t0:.0f}s")
         if args.examples:
             save_examples(args.examples, examples)
     # Honest in-training check: leave a third of the photos out, fit, score on them.
-    held = set(PHOTOS[::3])
+    held = set(photos[::3])
     model = fit([e for e in examples if e.photo not in held], seed=args.seed)
     val = top1(model, [e for e in examples if e.photo in held])
-    print(f"top-1 on held-out training photos {sorted(held)}: {val:.3f}")
+    print(f"top-1 on held-out training photos {sorted(short_name(p, args.share) for p in held)}: {val:.3f}")
     model = fit(examples, seed=args.seed)
     print(f"top-1 on all training examples: {top1(model, examples):.3f}")
-    model.save(args.out, info={"photos": PHOTOS, "crops": args.crops, "seed": args.seed,
+    model.save(args.out, info={"photos": [short_name(p, args.share) for p in photos], "crops": args.crops,
+                               "seed": args.seed,
                                "examples": len(examples), "held_out_photo_top1": round(val, 4)})
     print(f"wrote {args.out} ({time.time() - t0:.0f}s in all)")
 
