@@ -97,6 +97,19 @@ def load_restorer(path: str | Path, device: torch.device) -> tuple[Restorer, str
     return Restorer.from_pretrained(folder, device).eval(), state.get("prior_preset")
 
 
+def add_device_arguments(ap: argparse.ArgumentParser) -> None:
+    """--device and --threads, for the commands that run the restorer."""
+    ap.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, …")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default: torch's own; 1 on a machine shared with other jobs)")
+
+
+def use_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count when one is given."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def pick_device(name: str) -> torch.device:
     """"auto": the GPU when there is one, else the CPU; otherwise the named device."""
     if name == "auto":
@@ -225,12 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=512, help="restore in tiles of this size (bounded memory)")
     ap.add_argument("--out", default=None, help="folder for restored images, results.jsonl and results.md")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N rows")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for torch (default: torch's own; 1 on a machine shared with other jobs)")
+    add_device_arguments(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     results = evaluate(args.checkpoint, args.manifest, args.shards, args.preset,
                        None if args.split == "all" else args.split, args.y_channel, args.tile, args.out,
                        args.limit, args.device)

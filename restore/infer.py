@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.image_files import ImageError, decode_rgb, read_bytes, save_png
 from pipeline.sample_format import make_key
-from restore.evaluate import load_restorer, pick_device
+from restore.evaluate import add_device_arguments, load_restorer, pick_device, use_threads
 from restore.priors_online import (
     ANALYSIS_ONLY,
     NOTHING_STATED,
@@ -87,12 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", type=int, default=512, help="tile size for large images")
     ap.add_argument("--side-by-side", action="store_true", help="also write input | restored PNGs")
     ap.add_argument("--preset", default=None, choices=PRESET_CHOICES, help="prior models to use")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for torch (default: torch's own; 1 on a machine shared with other jobs)")
+    add_device_arguments(ap)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     user = UserPriors(args.degradation, args.caption, not args.no_reference)
     try:
         restore_images(args.checkpoint, args.images, args.out, user, args.tile, args.side_by_side,
