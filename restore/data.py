@@ -416,9 +416,13 @@ def train_loader(config: StreamConfig, rank: int, world: int, workers: int, star
                  rotation: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over this rank's TrainStream (``workers`` = 0 reads in this process)."""
     stream = TrainStream(config, rank, world, max(1, workers), start, rotation)
+    # Workers start from a fork server, never forked from this process: a fork inherits the
+    # OpenMP and OpenCV thread pools of whatever ran here before (validation decoding, Ray, the
+    # analysis) in a broken state, and the worker then hangs on its first threaded call.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=_single_threaded if workers > 0 else None)
+                      worker_init_fn=_single_threaded if workers > 0 else None,
+                      multiprocessing_context="forkserver" if workers > 0 else None)
 
 
 def read_samples(urls: tuple[str, ...] | list[str], split: str | None = None, limit: int | None = None,

@@ -187,3 +187,29 @@ def test_a_published_manifest_resolves_to_verified_local_shards(tmp_path, monkey
     assert len(source.urls) == 3 and all(u.startswith(str(tmp_path / "cache")) for u in source.urls)
     assert source.samples == 9 and source.prior_preset == "tiny"
     assert len(list(data.read_samples(source.urls))) == 9
+
+
+def test_loader_workers_start_cleanly_after_threaded_work_in_the_parent(tmp_path):
+    # A worker forked after OpenCV's and torch's thread pools ran in the parent hung on its first
+    # threaded call; run in a child process so that such a hang fails the test instead of the run.
+    import subprocess
+    import sys
+
+    index = write_shards(tmp_path / "shards")
+    script = f"""
+import cv2, numpy as np, torch
+from restore import data
+cv2.setNumThreads(2)
+torch.set_num_threads(2)
+cv2.resize(np.zeros((1200, 2048, 3), np.uint8), (1024, 600), interpolation=cv2.INTER_AREA)
+torch.ones(512, 512) @ torch.ones(512, 512)
+source = data.resolve({str(index)!r})
+config = data.StreamConfig(urls=tuple(source.urls), crop=24, batch_size=2, batches_per_epoch=3, token_width={WIDTH},
+                           clip_width={WIDTH}, shuffle_buffer=8, seed=5)
+start = (data.Position(), data.Position())
+batch = next(iter(data.train_loader(config, 0, 1, 2, start)))
+print(tuple(batch["lq"].shape))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(2, 3, 24, 24)")
