@@ -15,9 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.analysis.analyze import analyze
-from pipeline.image_files import ImageError, load_rgb, read_bytes
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+from pipeline.image_files import ImageError, images_in, load_rgb, read_bytes
 
 
 def expand(paths: list[str]) -> list[str]:
@@ -25,7 +23,7 @@ def expand(paths: list[str]) -> list[str]:
     out = []
     for p in paths:
         if Path(p).is_dir():
-            out.extend(str(f) for f in sorted(Path(p).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES)
+            out.extend(str(f) for f in images_in(p))
         else:
             out.append(p)
     return out

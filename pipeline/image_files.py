@@ -11,6 +11,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -20,6 +21,14 @@ from PIL import Image, UnidentifiedImageError
 MAX_PIXELS = 64 * 1024 * 1024
 # Below this the restorer's 3 down-sampling levels have nothing left to work on.
 MIN_SIDE = 8
+# File suffixes taken for images when a folder is listed (any format Pillow decodes may be named
+# directly).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+
+
+def images_in(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly inside ``folder``, by IMAGE_SUFFIXES, sorted."""
+    return sorted(f for f in Path(folder).iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class ImageError(ValueError):

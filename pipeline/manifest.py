@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from pipeline import degrade, vocabulary
 from pipeline.image_files import (
+    IMAGE_SUFFIXES,
     ImageError,
     LoadedImage,
     decode_rgb,
@@ -42,8 +43,6 @@ from pipeline.image_files import (
     sha256_hex,
 )
 from pipeline.sample_format import make_key
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -89,7 +88,7 @@ def list_images(folder: str | Path) -> list[str]:
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist or is not a folder")
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _stem_id(relpath: str, pattern: re.Pattern[str] | None) -> str | None:

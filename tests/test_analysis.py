@@ -72,7 +72,7 @@ def _write_inputs(folder: Path, photo: np.ndarray) -> dict[str, Path]:
     files["good"].write_bytes(encode_png(photo[:200, :200].copy()))
     files["corrupt"].write_bytes(encode_png(photo[:64, :64].copy())[:300])
     Image.fromarray(photo[:6, :6].copy()).save(files["tiny"])
-    Image.fromarray((photo[:100, :100, 0].astype(np.uint16) * 257)).save(files["gray16"])
+    Image.fromarray(photo[:100, :100, 0].astype(np.uint16) * 257).save(files["gray16"])
     Image.fromarray(photo[:100, :100].copy()).convert("P").save(files["palette"])
     files["text"].write_text("not an image")
     return files
@@ -179,3 +179,17 @@ def test_classifier_weights_round_trip_and_refuse_other_features(tmp_path):
               metadata={"features": json.dumps(["other"])})
     with pytest.raises(ValueError, match="retrain"):
         Classifier.load(tmp_path / "bad.safetensors")
+
+
+def test_single_perceptron_weights_are_refused_with_a_retrain_message(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    default_classifier().save(tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), framework="numpy") as f:
+        meta = f.metadata()
+    arrays = {k: (v[0] if k in ("w1", "b1", "w2", "b2") else v)
+              for k, v in load_file(str(tmp_path / "w.safetensors")).items()}
+    save_file(arrays, str(tmp_path / "single.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match="single perceptron.*retrain"):
+        Classifier.load(tmp_path / "single.safetensors")

@@ -5,7 +5,6 @@ import pytest
 
 from pipeline.analysis import train
 from pipeline.analysis.classifier import ANALYSED_TYPES
-from pipeline.analysis.features import measure
 
 
 def _labels(applied):
@@ -48,13 +47,22 @@ def test_photo_files_are_found_and_shrunk_to_the_benchmark_size(tmp_path):
     Image.fromarray(np.full((1200, 2048, 3), 90, np.uint8)).save(tmp_path / "wide.png")
     (tmp_path / "notes.txt").write_text("not a photo")
     photos = train.photos_in([str(tmp_path)])
-    assert photos == (str(tmp_path / "wide.png"),)
+    assert photos == (str((tmp_path / "wide.png").resolve()),)
     assert train.load_photo(photos[0]).shape == (600, train.FILE_SIDE, 3)
     (tmp_path / "wide.png").unlink()
-    with pytest.raises(SystemExit, match="no .jpg"):
+    with pytest.raises(SystemExit, match="no image files"):
         train.photos_in([str(tmp_path)])
 
 
 def test_missing_package_photos_name_the_packages_to_install(tmp_path):
     with pytest.raises(SystemExit, match="apt-get install opencv-doc plasma-workspace-wallpapers"):
         train.package_photos(tmp_path)
+
+
+def test_photo_dir_given_relative_still_loads_files(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.full((64, 80, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    (photo,) = train.photos_in(["."])
+    assert train.load_photo(photo).shape == (64, 80, 3)

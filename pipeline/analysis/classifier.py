@@ -3,8 +3,9 @@
 An ensemble of one-hidden-layer perceptrons, trained from different seeds, with one sigmoid
 output per analysed type (an image can carry several), averaged over the members: with a few
 dozen training photos a single member's decision varies by one or two points of accuracy with
-its seed, and the average varies less. Parameters (σ, quality, …) are the estimators' own, uncalibrated. Trained by ``pipeline.analysis.train``; the weights file is a few
-kilobytes and ships inside the package.
+its seed, and the average varies less. Parameters (σ, quality, …) are the estimators' own,
+uncalibrated. Trained by ``pipeline.analysis.train``; the weights file (66 KB) ships inside the
+package.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class Classifier:
                 raise ValueError(f"{path}: weights were trained for other {key} than this code measures; "
                                  "retrain with python -m pipeline.analysis.train")
         arrays = load_file(str(path))
+        if arrays["w1"].ndim != 3:
+            raise ValueError(f"{path}: weights of a single perceptron, not an ensemble; retrain with "
+                             "python -m pipeline.analysis.train")
         return cls(**{k: arrays[k].astype(np.float64) for k in cls.__dataclass_fields__})
 
 

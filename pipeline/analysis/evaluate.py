@@ -30,7 +30,7 @@ from pipeline.analysis import describers
 from pipeline.analysis.analyze import analyze
 from pipeline.analysis.classifier import ANALYSED_TYPES
 from pipeline.analysis.describers import Describer
-from pipeline.image_files import ImageError, load_rgb, read_bytes
+from pipeline.image_files import ImageError, images_in, load_rgb, read_bytes
 
 DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
 HELD_OUT_PHOTOS = ("denoise/Kodak24", "denoise/McMaster", "jpeg/LIVE1")
@@ -53,7 +53,6 @@ REAL_SETS: dict[str, tuple[str, ...]] = {
     "noise": ("real/noisy_RNI15",),
     "clean": ("derain/Rain100L_subset10/target", "derain/Rain12/target"),
 }
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -79,10 +78,6 @@ def _true_params(applied: list[dict]) -> dict[str, float]:
     return out
 
 
-def image_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _load(path: str) -> tuple[np.ndarray, bytes | None]:
     loaded = load_rgb(path)
     return loaded.pixels, read_bytes(path) if loaded.source_format == "JPEG" else None
@@ -92,9 +87,9 @@ def synthetic(folders: Iterable[Path], specs: dict[str, tuple[str, ...]], seed: 
     """Every clean photo in ``folders`` degraded by every label's spec (alternating a label's specs
     over photos); seeds come from the photo and spec, so the set is the same on every run."""
     for folder in folders:
-        for i, path in enumerate(image_files(Path(folder))):
+        for i, path in enumerate(images_in(folder)):
             clean = load_rgb(str(path)).pixels
-            for label, options in specs.items():
+            for options in specs.values():
                 spec = options[i % len(options)]
                 if not spec:
                     yield LabelledImage(f"{path}", clean, None, ("clean",))
@@ -107,7 +102,7 @@ def real(root: Path, sets: dict[str, tuple[str, ...]] = REAL_SETS) -> Iterator[L
     """The real degraded images in shared/data, each folder labelled with one type."""
     for label, folders in sets.items():
         for folder in folders:
-            for path in image_files(root / folder):
+            for path in images_in(root / folder):
                 pixels, data = _load(str(path))
                 yield LabelledImage(str(path), pixels, data, (label,))
 
