@@ -137,6 +137,7 @@ def gpu_throughput(args: argparse.Namespace, variant: str, size: int, compiled: 
     model, lq, priors = build(variant, args.preset, size, args.batch, args.restormer_repo)
     model = model.to(device).train()
     if compiled:
+        torch._dynamo.reset()  # each size and variant compiles afresh, never falling back to eager
         model = torch.compile(model)
     lq = lq.to(device)
     priors = priors.to(device) if priors is not None else None
@@ -155,7 +156,7 @@ def gpu_throughput(args: argparse.Namespace, variant: str, size: int, compiled: 
 
 
 def gpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
-    """bf16 forward+backward throughput (images/s) and peak memory at 128² and 256² patches."""
+    """bf16 forward+backward throughput (images/s) and peak memory at the --sizes patches."""
     print(f"{torch.cuda.get_device_name()}, bf16 autocast, batch {args.batch}, "
           f"{args.reps} timed training steps after 3 warm-up steps")
     print("| variant | patch | images/s | peak memory (GiB) |")

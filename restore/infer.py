@@ -3,6 +3,7 @@
     python -m restore.infer --checkpoint RUN_OR_CHECKPOINT photo.jpg [more.png ...] [--out restored]
                             [--degradation "heavy rain and some noise"] [--caption "a street at night"]
                             [--no-reference] [--tile 512] [--side-by-side] [--preset tiny|default|quality|analysis-only]
+                            [--device auto|cpu|cuda] [--threads N]
 
 Priors are computed with the prior models of ``--preset`` (default: the preset the model was
 trained with), or, when their weights are not available, with the weight-free analysis only.

@@ -79,8 +79,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto: this rank's GPU when there is one, else the CPU
     amp: bool = True  # bf16 autocast on GPUs
-    # torch.compile the training model: fused kernels make base ~1.8x faster on an H100
-    # (bench/model.py); the first steps wait minutes for compilation. Validation runs eagerly.
+    # torch.compile the training model: fused kernels make a base step 1.16x faster with all
+    # priors on an H100 (1.5-1.8x for the backbone alone; bench/model.py); the first steps wait
+    # minutes for compilation. Validation runs eagerly.
     compile: bool = False
     # CPU threads of each training process (CPU runs only). Default: this rank's share of the
     # cores minus its DataLoader workers. More OpenMP threads than free cores made CPU training
@@ -324,7 +325,8 @@ def fit(config: TrainConfig, resume: bool = False,
                                rotation=progress.batches % workers, pin_memory=env.device.type == "cuda")
     model: nn.Module = raw
     if env.world > 1:
-        # Samples without a prior leave its projection unused in a step: DDP must allow that.
+        # A prior missing from a whole batch (shards extracted without references, say) leaves its
+        # encoder unused in that step: DDP must allow that.
         model = DistributedDataParallel(raw, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                                         find_unused_parameters=True)
     if config.compile:

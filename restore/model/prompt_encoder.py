@@ -112,10 +112,10 @@ def encode_tokens(priors: Priors, name: str, proj: nn.Module, null: Tensor, widt
 
 
 def check_tokens(tokens: Tensor, mask: Tensor, batch: int, width: int, name: str) -> None:
-    """Raise a ValueError naming the prior unless tokens is (B, T, width) and mask (B, T) bool."""
-    if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != width:
+    """Raise a ValueError naming the prior unless tokens is (B, T ≥ 1, width) and mask (B, T) bool."""
+    if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != width or tokens.shape[1] == 0:
         raise ValueError(f"Priors.{name}_tokens has shape {tuple(tokens.shape)}, the model expects "
-                         f"({batch}, T, {width}) (config.token_width={width})")
+                         f"({batch}, T ≥ 1, {width}) (config.token_width={width}; None for no tokens)")
     if mask.shape != tokens.shape[:2] or mask.dtype != torch.bool:
         raise ValueError(f"Priors.{name}_mask must be bool of shape {tuple(tokens.shape[:2])}, "
                          f"got {mask.dtype} {tuple(mask.shape)}")
