@@ -48,7 +48,7 @@ def main() -> None:
                             num_cpus=args.num_cpus)
     import ray
 
-    # The trainer's DataLoader worker must not be forked from a process holding Ray's threads.
+    # Extraction is done: give Ray's cores and memory back before training.
     ray.shutdown()
     timings["prior extraction"] = time.time() - start
 
