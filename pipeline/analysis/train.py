@@ -95,8 +95,10 @@ def photos_in(folders: list[str]) -> tuple[str, ...]:
 # correlated sensor noise, often JPEG-compressed, and under-exposure against a bright background
 # (a high gamma near scale 1 crushes the shadows and keeps the sky: a backlit subject).
 SOFT = "defocus=0.3..1.2,opacity=0.35..1"
+# Clean crops weigh 15 of the 49 units per crop. Tripling them (from 5) raised the recall of clean
+# crops of held-out training photos from 46 % to 58 % for a point less on degraded ones (one member).
 SPECS: tuple[tuple[str, int], ...] = (
-    ("", 4), ("jpeg:quality=93..98", 1),
+    ("", 12), ("jpeg:quality=93..98", 3),
     ("noise:sigma=5..55", 2), ("camera-noise", 1), ("sensor-noise", 1), ("sensor-noise+jpeg:quality=70..95", 1),
     ("motion-blur:length=5..25", 1), ("defocus-blur:radius=1.5..6", 1),
     ("jpeg:quality=5..90", 2),
