@@ -12,8 +12,8 @@ of ``pipeline.degrade`` over ranges from faint to heavy and by pairs of kinds, i
 real cameras show: soft, translucent rain and snow (precipitation out of the focal plane),
 correlated, often JPEG-compressed sensor noise (what demosaicking and in-camera denoising leave)
 and backlit under-exposure. The classical measurements of each result train an ensemble of five
-small perceptrons with numpy. None of the evaluation photos (Kodak24, McMaster, LIVE1, the real sets in
-shared/data) is used. Seeded; about 10 minutes on 2 CPU cores.
+small perceptrons with numpy. None of the evaluation photos (Kodak24, McMaster, LIVE1, the real
+sets in shared/data) is used. Seeded; about 10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline import degrade
 from pipeline.analysis.classifier import ANALYSED_TYPES, WEIGHTS, Classifier, transform
-from pipeline.analysis.features import measure
+from pipeline.analysis.features import measure, shrink
 from pipeline.image_files import images_in, load_rgb
 
 # Natural photographs that install with the packages. Left out: hubble_deep_field and cell (dark
@@ -148,12 +148,7 @@ def load_photo(name: str) -> np.ndarray:
     pixels a side first: benchmark photos hold 0.2..1 MP, and a wallpaper's shallow focus,
     shrunk so, stops looking like a defocus blur."""
     if "/" in name:
-        pixels = load_rgb(name).pixels
-        h, w = pixels.shape[:2]
-        scale = FILE_SIDE / max(h, w)
-        if scale < 1:
-            pixels = cv2.resize(pixels, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        return np.ascontiguousarray(pixels)
+        return np.ascontiguousarray(shrink(load_rgb(name).pixels, FILE_SIDE))
     if name == "grace_hopper":
         import matplotlib.cbook
         from PIL import Image
@@ -227,11 +222,6 @@ def crops(img: np.ndarray, rng: np.random.Generator, n: int, max_scale: float = 
     return out
 
 
-def degraded_example(crop: np.ndarray, spec: str, seed: int) -> tuple[np.ndarray, list[dict]]:
-    """One training image and its degradation records for a SPECS entry."""
-    return degrade.apply(crop, spec, seed) if spec else (crop, [])
-
-
 def _examples_for_photo(args: tuple[str, int, int]) -> list[Example]:
     name, n_crops, seed = args
     cv2.setNumThreads(1)  # one process per core already
@@ -241,7 +231,8 @@ def _examples_for_photo(args: tuple[str, int, int]) -> list[Example]:
     for i, crop in enumerate(crops(load_photo(name), rng, n_crops, MAX_SCALE.get(name, 0.5 if jpeg_file else 1.0))):
         for j, (spec, weight) in enumerate(SPECS):
             for k in range(weight):
-                img, applied = degraded_example(crop, spec, degrade.seed_for(f"{name}/{i}/{j}/{k}/{seed}"))
+                seed_k = degrade.seed_for(f"{name}/{i}/{j}/{k}/{seed}")
+                img, applied = degrade.apply(crop, spec, seed_k) if spec else (crop, [])
                 out.append(Example(measure(img).vector(), label_vector(applied), name))
     return out
 
