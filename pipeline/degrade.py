@@ -54,15 +54,15 @@ def _convolve(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT)
 
 
-def line_kernel(length: float, angle_deg: float, width: int = 1) -> np.ndarray:
-    """Normalised straight motion kernel of ``length`` pixels at ``angle_deg`` (0 = horizontal)."""
+def line_kernel(length: float, angle_deg: float, width: float = 1) -> np.ndarray:
+    """Normalised straight kernel of ``length`` × ``width`` pixels at ``angle_deg`` (0 = horizontal)."""
     size = int(np.ceil(length)) | 1
     # Draw at 4x and downsample so fractional lengths and angles stay smooth.
     big = np.zeros((size * 4, size * 4), np.float32)
     c = size * 2
     dx, dy = np.cos(np.deg2rad(angle_deg)) * length * 2, -np.sin(np.deg2rad(angle_deg)) * length * 2
     cv2.line(big, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))),
-             1.0, thickness=max(1, 4 * width), lineType=cv2.LINE_AA)
+             1.0, thickness=max(1, int(round(4 * width))), lineType=cv2.LINE_AA)
     k = cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
     return k / k.sum()
 
@@ -99,10 +99,12 @@ def haze(img: np.ndarray, rng: np.random.Generator, beta: float, airlight: float
 
 
 def _streaks(h: int, w: int, rng: np.random.Generator, density: float, length: float, angle: float,
-             width: int) -> np.ndarray:
+             width: float) -> np.ndarray:
     seeds = (rng.random((h, w)) < density).astype(np.float32) * rng.uniform(0.5, 1.0, (h, w)).astype(np.float32)
     layer = cv2.filter2D(seeds, -1, line_kernel(length, angle, width), borderType=cv2.BORDER_REFLECT)
-    return np.clip(layer * length * 0.6, 0.0, 1.0)
+    # The kernel sums to 1 over length × width pixels: scale back so a streak's brightness does
+    # not depend on its size.
+    return np.clip(layer * length * width * 0.6, 0.0, 1.0)
 
 
 def _precipitation_layer(layer: np.ndarray, defocus: float, opacity: float) -> np.ndarray:
@@ -114,14 +116,16 @@ def _precipitation_layer(layer: np.ndarray, defocus: float, opacity: float) -> n
 
 
 def rain(img: np.ndarray, rng: np.random.Generator, density: float, length: float, angle: float,
-         intensity: float, defocus: float = 0.0, opacity: float = 1.0) -> tuple[np.ndarray, Params]:
-    """Rain streaks: sparse seeds smeared along a near-vertical line, screen-blended."""
+         intensity: float, defocus: float = 0.0, opacity: float = 1.0,
+         width: float = 1.0) -> tuple[np.ndarray, Params]:
+    """Rain streaks: sparse seeds smeared along a near-vertical line ``width`` px wide (nearer,
+    larger drops leave wider streaks), screen-blended."""
     x = _f(img)
     h, w = x.shape[:2]
-    layer = _precipitation_layer(_streaks(h, w, rng, density, length, angle, width=1) * intensity, defocus, opacity)
+    layer = _precipitation_layer(_streaks(h, w, rng, density, length, angle, width) * intensity, defocus, opacity)
     out = 1.0 - (1.0 - x) * (1.0 - layer[..., None])
     return _u8(out), {"density": density, "length": length, "angle": angle, "intensity": intensity,
-                      "defocus": defocus, "opacity": opacity}
+                      "defocus": defocus, "opacity": opacity, "width": width}
 
 
 def snow(img: np.ndarray, rng: np.random.Generator, density: float, flake_size: float,

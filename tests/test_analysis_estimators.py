@@ -87,6 +87,18 @@ def test_faint_rain_puts_a_peak_into_the_streak_orientations(photo):
     assert faint["peak_across"] < clean["peak_across"]
 
 
+def test_patches_see_faint_rain_as_bright_lines_sharing_one_direction(photo):
+    # Faint, soft rain: its patches hold thin bright lines that outweigh the dark ones and run
+    # along the rain; the clean photo's fine detail is of both signs and runs every way.
+    rainy = degrade.apply(photo, "rain:angle=100,density=0.01,intensity=0.4,defocus=0.6,width=2", seed=5)[0]
+    clean = est.streaks(est.luminance(photo.astype(np.float32)))
+    faint = est.streaks(est.luminance(rainy.astype(np.float32)))
+    assert faint["patch_share"] > max(3 * clean["patch_share"], 0.1)
+    assert faint["patch_balance"] > clean["patch_balance"] + 0.15
+    assert faint["patch_coherence"] > clean["patch_coherence"] + 0.4
+    assert faint["patch_verticality"] > 0.95
+
+
 def test_snow_adds_flakes_at_two_scales(photo):
     snowy = degrade.apply(photo, "snow:density=0.006,flake_size=1.5,veil=0.1", seed=4)[0].astype(np.float32)
     before = est.bright_blobs(photo.astype(np.float32), est.luminance(photo.astype(np.float32)))

@@ -88,3 +88,12 @@ def test_defocused_translucent_rain_and_snow_are_fainter_than_crisp_and_default_
         soft, _ = degrade.apply(photo, f"{kind}:density=0.01,defocus=1.0,opacity=0.5", seed=3)
         assert params[0]["params"]["defocus"] == 0.0 and params[0]["params"]["opacity"] == 1.0
         assert 0 < np.abs(soft - base).mean() < np.abs(crisp - base).mean()
+
+
+def test_wider_rain_streaks_brighten_more_pixels_and_default_to_one_pixel(photo):
+    base = photo.astype(np.float32)
+    thin, params = degrade.apply(photo, "rain:density=0.005,angle=90", seed=4)
+    wide, _ = degrade.apply(photo, "rain:density=0.005,angle=90,width=3", seed=4)
+    assert params[0]["params"]["width"] == 1.0
+    lit = [float(((img.astype(np.float32) - base).mean(axis=2) > 8).mean()) for img in (thin, wide)]
+    assert lit[1] > 1.8 * lit[0] > 0

@@ -321,8 +321,13 @@ def streaks(y: np.ndarray) -> dict[str, float]:
     ``peak_count`` (each clearly non-flat pixel one vote, so faint streaks count as much as
     strong edges) are that peak over the histogram's median; ``peak_along`` and ``peak_across``
     are the autocorrelations at the peak's line direction and across it, at 12 px.
+
+    Frame-wide sums let a textured part of the scene hide rain that is plain over its smooth
+    parts (sky, water, walls), so the ``patch_*`` cues look at 32-pixel patches one by one: see
+    ``_streak_patches``.
     """
-    tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5)))
+    element = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 5))
+    tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, element)
     gx = cv2.Sobel(tophat, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(tophat, cv2.CV_32F, 0, 1, ksize=3)
     jxx, jyy, jxy = float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum())
@@ -356,7 +361,46 @@ def streaks(y: np.ndarray) -> dict[str, float]:
     return {"energy": float(tophat.mean()), "coherence": float(coherence), "along": along,
             "across": across, "angle": angle_deg, "bright_share": float((tophat > 20).mean()),
             "peak": peak, "peak_count": peak_count,
-            "peak_along": corr(peak_grad_angle + np.pi / 2, 12), "peak_across": corr(peak_grad_angle, 12)}
+            "peak_along": corr(peak_grad_angle + np.pi / 2, 12), "peak_across": corr(peak_grad_angle, 12),
+            **_streak_patches(tophat, cv2.morphologyEx(y, cv2.MORPH_BLACKHAT, element), gx, gy)}
+
+
+STREAK_PATCH = 32
+
+
+def _patch_means(x: np.ndarray, size: int) -> np.ndarray:
+    """Means of the whole ``size``×``size`` patches of ``x``, flattened."""
+    h, w = x.shape[0] // size * size, x.shape[1] // size * size
+    return x[:h, :w].reshape(h // size, size, w // size, size).mean(axis=(1, 3)).ravel()
+
+
+def _streak_patches(tophat: np.ndarray, blackhat: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> dict[str, float]:
+    """Rain seen patch by patch: thin structures that are bright, not dark, and share a direction.
+
+    Rain only adds light, so where it shows, a patch's thin bright structures (white top-hat)
+    outweigh its thin dark ones (black top-hat), whereas a scene's fine detail comes in both
+    signs; and the streaks of one frame run one way. A patch is *streaked* when its bright thin
+    energy is at least e^0.5 ≈ 1.65× its dark one, its top-hat gradients are coherent (> 0.3) and
+    their line direction lies within 15° of the frame's mode (the coherence-weighted histogram of
+    the bright patches' directions). ``patch_share`` is the share of streaked patches,
+    ``patch_balance`` the median log bright/dark ratio over all patches, ``patch_coherence`` the
+    median coherence of the bright ones, ``patch_verticality`` |sin| of the mode's line angle.
+    """
+    size = min(STREAK_PATCH, *tophat.shape)
+    jxx, jyy, jxy = (_patch_means(g, size) for g in (gx * gx, gy * gy, gx * gy))
+    balance = np.log((_patch_means(tophat * tophat, size) + 1.0) / (_patch_means(blackhat * blackhat, size) + 1.0))
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (jxx + jyy + 1e-6)
+    line_deg = (np.degrees(0.5 * np.arctan2(2 * jxy, jxx - jyy)) + 90.0) % 180.0
+    bright = balance > 0.5
+    if not bright.any():
+        return {"patch_share": 0.0, "patch_balance": float(np.median(balance)), "patch_coherence": 0.0,
+                "patch_verticality": 0.0}
+    hist = np.bincount((line_deg[bright] // 10).astype(np.int64) % 18, weights=coherence[bright], minlength=18)
+    mode = (int(np.argmax(hist)) + 0.5) * 10.0
+    near = np.abs((line_deg - mode + 90.0) % 180.0 - 90.0) < 15.0
+    return {"patch_share": float((bright & (coherence > 0.3) & near).mean()),
+            "patch_balance": float(np.median(balance)), "patch_coherence": float(np.median(coherence[bright])),
+            "patch_verticality": float(abs(np.sin(np.radians(mode))))}
 
 
 def _blob_peaks(y: np.ndarray, inner: float, outer: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "haze_dark", "haze_airlight", "haze_transmission", "saturation", "contrast",
     "streak_energy", "streak_coherence", "streak_along", "streak_across", "streak_verticality",
     "streak_bright_share", "streak_peak", "streak_peak_count", "streak_peak_along", "streak_peak_across",
+    "streak_patch_share", "streak_patch_balance", "streak_patch_coherence", "streak_patch_verticality",
     "blob_density", "blob_white_density", "blob_dog_p99", "blob_tophat", "blob_large_density", "blob_grey_share",
 )
 
@@ -97,6 +98,7 @@ def measure(pixels: np.ndarray) -> Measurements:
         "streak_bright_share": streak["bright_share"], "streak_angle": streak["angle"],
         "streak_peak": streak["peak"], "streak_peak_count": streak["peak_count"],
         "streak_peak_along": streak["peak_along"], "streak_peak_across": streak["peak_across"],
+        **{f"streak_{k}": v for k, v in streak.items() if k.startswith("patch_")},
         **{f"blob_{k}": v for k, v in blobs.items()},
     }
     return Measurements(values)

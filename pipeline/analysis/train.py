@@ -1,11 +1,11 @@
 """Train the analysis classifier on synthetic degradations of clean photos that install offline.
 
-    apt-get install opencv-doc plasma-workspace-wallpapers      # 32 of the photos (PACKAGE_PHOTOS)
+    apt-get install opencv-doc plasma-workspace-wallpapers lomiri-wallpapers-16.04   # 44 of the photos
     python -m pipeline.analysis.train [--out pipeline/analysis/weights.safetensors] [--workers 2]
         [--photo-dir MORE_CLEAN_PHOTOS] [--installed-only]
 
 The photos (``skimage.data`` and matplotlib's sample photo, installed with the Python packages,
-and PACKAGE_PHOTOS from two Debian/Ubuntu packages) are cut into many random crops at scales
+and PACKAGE_PHOTOS from three Debian/Ubuntu packages) are cut into many random crops at scales
 0.3..1, mirrored, rotated and re-exposed, re-coloured or turned grey, so that "clean" covers dim,
 bright, flat and colourless scenes and not just these photos. Each crop is degraded by the kinds
 of ``pipeline.degrade`` over ranges from faint to heavy and by pairs of kinds, including what
@@ -42,11 +42,12 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "moto
 # 8×8 lattice that would otherwise teach "clean" to accept compression (grace_hopper is quality 80;
 # rocket and retina are 94..96, finer than CLEAN_JPEG_QUALITY).
 MAX_SCALE = {"grace_hopper": 0.5}
-# Photographs among the files of two Debian/Ubuntu packages (``apt-get install opencv-doc
-# plasma-workspace-wallpapers``), under /usr/share: streets, buildings, people, animals, aerial
-# views and landscapes, the scenes benchmark photos show and the installed photos lack. Left out:
-# drawings, maps, charts, renders, foggy or colour-filtered wallpapers, grainy scans and a
-# motion-blurred number plate.
+# Photographs among the files of three Debian/Ubuntu packages (``apt-get install opencv-doc
+# plasma-workspace-wallpapers lomiri-wallpapers-16.04``), under /usr/share: streets, buildings,
+# people, animals, rooms, aerial views and landscapes, the scenes benchmark photos show and the
+# installed photos lack. Left out: drawings, maps, charts, renders, abstract patterns, foggy or
+# colour-filtered wallpapers, grainy scans, a motion-blurred number plate and a sunset shot into
+# the sun (dark against the light, as photos labelled low light are).
 SHARE = Path("/usr/share")
 PACKAGE_PHOTOS = tuple(f"doc/opencv-doc/examples/{p}" for p in (
     "data/fruits.jpg", "data/baboon.jpg", "data/leuvenA.jpg", "data/squirrel_cls.jpg", "data/aloeL.jpg",
@@ -57,6 +58,11 @@ PACKAGE_PHOTOS = tuple(f"doc/opencv-doc/examples/{p}" for p in (
 )) + tuple(f"wallpapers/{name}/contents/images/{size}.jpg" for name, size in (
     ("ColorfulCups", "2560x1600"), ("EveningGlow", "2560x1600"), ("Grey", "2560x1600"), ("Kite", "2560x1600"),
     ("OneStandsOut", "2560x1600"), ("Path", "2560x1600"), ("Volna", "5120x2880"),
+)) + tuple(f"backgrounds/{name}.jpg" for name in (
+    "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
+    "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi",
+    "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
+    "seeding_by_Clements_Engelhardt",
 ))
 # Image files are shrunk to at most this many pixels a side (benchmark photos hold 0.2..1 MP);
 # JPEG files are cropped at scales up to 0.5 only, which erases their 8×8 lattice.
@@ -69,7 +75,7 @@ def package_photos(share: Path = SHARE) -> tuple[str, ...]:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"{len(missing)} training photos missing, e.g. {missing[0]}: install them with "
-                         "`apt-get install opencv-doc plasma-workspace-wallpapers` (or pass --share DIR, "
+                         "`apt-get install opencv-doc plasma-workspace-wallpapers lomiri-wallpapers-16.04` (or pass --share DIR, "
                          "or --installed-only to train on the scikit-image photos alone)")
     return paths
 
@@ -106,7 +112,7 @@ SPECS: tuple[tuple[str, int], ...] = (
     ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=1..8+jpeg:quality=70..95", 1),
     ("low-light:gamma=2.0..3.5,scale=0.6..1.0,sigma=1..6", 2),
     ("haze", 1), ("haze:beta=0.5..1.2", 1),
-    ("rain:angle=55..125", 1), (f"rain:angle=55..125,intensity=0.3..0.9,{SOFT}", 2),
+    ("rain:angle=55..125", 1), (f"rain:angle=55..125,intensity=0.3..0.9,width=1..3,{SOFT}", 2),
     ("rain:density=0.0005..0.003,length=25..60,angle=60..120,intensity=0.6..1.0", 2),
     ("snow", 2), (f"snow:density=0.001..0.005,veil=0..0.15,{SOFT}", 2),
     ("motion-blur+noise:sigma=5..25", 1), ("defocus-blur+jpeg:quality=10..70", 1),
