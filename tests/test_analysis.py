@@ -48,6 +48,13 @@ def test_degraded_photo_top_type(photo, spec, expected):
     assert analyze(degrade.apply(photo, spec, seed=5)[0]).types[0] == expected
 
 
+def test_rain_reports_the_direction_of_its_streaks(photo):
+    rainy, _ = degrade.apply(photo, "rain:angle=65,density=0.01,intensity=0.8", seed=2)
+    a = analyze(rainy)
+    assert a.types[0] == "rain"
+    assert a.degradations[0].params["angle_deg"] == pytest.approx(65, abs=10)
+
+
 def test_analysis_dict_is_json_and_vector_follows_vocabulary(photo):
     a = analyze(photo)
     d = json.loads(json.dumps(a.to_dict()))

@@ -74,6 +74,8 @@ def test_rain_streaks_are_oriented_along_the_rain(photo):
     rainy = degrade.apply(photo, "rain:angle=90,density=0.02,intensity=0.9", seed=1)[0].astype(np.float32)
     s = est.streaks(est.luminance(rainy))
     assert abs(s["angle"] - 90) < 15
+    slanted = degrade.apply(photo, "rain:angle=65,density=0.02,intensity=0.9", seed=1)[0].astype(np.float32)
+    assert abs(est.streaks(est.luminance(slanted))["angle"] - 65) < 10
     assert s["coherence"] > est.streaks(est.luminance(photo.astype(np.float32)))["coherence"]
 
 
@@ -96,7 +98,7 @@ def test_patches_see_faint_rain_as_bright_lines_sharing_one_direction(photo):
     assert faint["patch_share"] > max(3 * clean["patch_share"], 0.1)
     assert faint["patch_balance"] > clean["patch_balance"] + 0.15
     assert faint["patch_coherence"] > clean["patch_coherence"] + 0.4
-    assert faint["patch_verticality"] > 0.95
+    assert faint["patch_verticality"] > 0.95 and abs(faint["patch_angle"] - 100) <= 10
 
 
 def test_snow_adds_flakes_at_two_scales(photo):

@@ -86,7 +86,10 @@ def _params(dtype: str, m: dict[str, float], sigma: float, quality: float, quali
         return ({"transmission": round(t, 3), "airlight": round(m["haze_airlight"], 3)},
                 float(np.clip((0.95 - t) / 0.6, 0, 1)), f"transmission≈{t:.2f}")
     if dtype == "rain":
-        return ({"angle_deg": round(m["streak_angle"], 1), "coverage": round(m["streak_bright_share"], 3)}, -1.0, "")
+        # The streaked patches' direction; the frame-wide one, which texture can sway, only when
+        # no patch holds bright lines.
+        angle = m["streak_patch_angle"] if m["streak_patch_angle"] >= 0 else m["streak_angle"]
+        return {"angle_deg": round(angle, 1), "coverage": round(m["streak_bright_share"], 3)}, -1.0, ""
     if dtype == "snow":
         return {"flakes_per_10k_px": round(m["blob_density"], 1)}, -1.0, ""
     return {}, 0.0, ""

@@ -356,8 +356,9 @@ def streaks(y: np.ndarray) -> dict[str, float]:
     peak, _ = _orientation_peak(weighted)
     peak_count, peak_bin = _orientation_peak(counted)
     peak_grad_angle = (peak_bin + 0.5) * np.pi / ORIENTATION_BINS
-    # Image-row angle in degrees, 90 = vertical lines, as degrade.py's rain angle.
-    angle_deg = float(np.degrees(line_angle) % 180.0)
+    # Degrees counter-clockwise from the image rows, 90 = vertical lines, as degrade.py's rain
+    # angle; the sign flips because image rows count downwards.
+    angle_deg = float(-np.degrees(line_angle) % 180.0)
     return {"energy": float(tophat.mean()), "coherence": float(coherence), "along": along,
             "across": across, "angle": angle_deg, "bright_share": float((tophat > 20).mean()),
             "peak": peak, "peak_count": peak_count,
@@ -384,7 +385,8 @@ def _streak_patches(tophat: np.ndarray, blackhat: np.ndarray, gx: np.ndarray, gy
     their line direction lies within 15° of the frame's mode (the coherence-weighted histogram of
     the bright patches' directions). ``patch_share`` is the share of streaked patches,
     ``patch_balance`` the median log bright/dark ratio over all patches, ``patch_coherence`` the
-    median coherence of the bright ones, ``patch_verticality`` |sin| of the mode's line angle.
+    median coherence of the bright ones, ``patch_angle`` the mode (in ``streaks``' angle convention;
+    -1 when no patch is bright) and ``patch_verticality`` its |sin|.
     """
     size = min(STREAK_PATCH, *tophat.shape)
     jxx, jyy, jxy = (_patch_means(g, size) for g in (gx * gx, gy * gy, gx * gy))
@@ -394,13 +396,13 @@ def _streak_patches(tophat: np.ndarray, blackhat: np.ndarray, gx: np.ndarray, gy
     bright = balance > 0.5
     if not bright.any():
         return {"patch_share": 0.0, "patch_balance": float(np.median(balance)), "patch_coherence": 0.0,
-                "patch_verticality": 0.0}
+                "patch_angle": -1.0, "patch_verticality": 0.0}
     hist = np.bincount((line_deg[bright] // 10).astype(np.int64) % 18, weights=coherence[bright], minlength=18)
     mode = (int(np.argmax(hist)) + 0.5) * 10.0
     near = np.abs((line_deg - mode + 90.0) % 180.0 - 90.0) < 15.0
     return {"patch_share": float((bright & (coherence > 0.3) & near).mean()),
             "patch_balance": float(np.median(balance)), "patch_coherence": float(np.median(coherence[bright])),
-            "patch_verticality": float(abs(np.sin(np.radians(mode))))}
+            "patch_angle": (180.0 - mode) % 180.0, "patch_verticality": float(abs(np.sin(np.radians(mode))))}
 
 
 def _blob_peaks(y: np.ndarray, inner: float, outer: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
