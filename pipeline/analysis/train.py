@@ -13,7 +13,7 @@ real cameras show: soft, translucent rain and snow (precipitation out of the foc
 correlated, often JPEG-compressed sensor noise (what demosaicking and in-camera denoising leave)
 and backlit under-exposure. The classical measurements of each result train an ensemble of five
 small perceptrons with numpy. None of the evaluation photos (Kodak24, McMaster, LIVE1, the real
-sets in shared/data) is used. Seeded; about 10 minutes on 2 CPU cores.
+sets in shared/data) is used. Seeded; about 30 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -306,7 +306,8 @@ def load_examples(path: str) -> list[Example]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(WEIGHTS))
-    ap.add_argument("--crops", type=int, default=8, help="crops per photo")
+    # 16 rather than 8 crops: 81.7 % instead of 79.6 % top-1 on held-out training photos.
+    ap.add_argument("--crops", type=int, default=16, help="crops per photo")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--examples", help="npz of measured examples: read it if it exists, else write it")
