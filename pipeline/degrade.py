@@ -54,7 +54,7 @@ def _convolve(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT)
 
 
-def line_kernel(length: float, angle_deg: float, width: float = 1) -> np.ndarray:
+def line_kernel(length: float, angle_deg: float, width: float = 1.0) -> np.ndarray:
     """Normalised straight kernel of ``length`` × ``width`` pixels at ``angle_deg`` (0 = horizontal)."""
     size = int(np.ceil(length)) | 1
     # Draw at 4x and downsample so fractional lengths and angles stay smooth.

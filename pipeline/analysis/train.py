@@ -75,8 +75,8 @@ def package_photos(share: Path = SHARE) -> tuple[str, ...]:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"{len(missing)} training photos missing, e.g. {missing[0]}: install them with "
-                         "`apt-get install opencv-doc plasma-workspace-wallpapers lomiri-wallpapers-16.04` (or pass --share DIR, "
-                         "or --installed-only to train on the scikit-image photos alone)")
+                         "`apt-get install opencv-doc plasma-workspace-wallpapers lomiri-wallpapers-16.04` "
+                         "(or pass --share DIR, or --installed-only to train on the scikit-image photos alone)")
     return paths
 
 
