@@ -11,6 +11,7 @@ package.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,15 @@ class Classifier:
         hidden = np.maximum(np.einsum("nf,kfh->knh", z, self.w1) + self.b1[:, None], 0.0)
         logits = np.einsum("knh,kht->knt", hidden, self.w2) + self.b2[:, None]
         return (1.0 / (1.0 + np.exp(-logits))).mean(axis=0)
+
+    def digest(self) -> str:
+        """The first 16 hex digits of the sha256 of the weights, in field order: names the
+        classifier in every analysis it makes, so samples scored by different weights can be told
+        apart."""
+        h = hashlib.sha256()
+        for name in self.__dataclass_fields__:
+            h.update(np.ascontiguousarray(getattr(self, name), np.float32).tobytes())
+        return h.hexdigest()[:16]
 
     def save(self, path: Path = WEIGHTS, info: dict | None = None) -> None:
         """Write the weights as safetensors; names and ``info`` go into its string metadata."""
