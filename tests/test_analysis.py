@@ -48,11 +48,17 @@ def test_degraded_photo_top_type(photo, spec, expected):
     assert analyze(degrade.apply(photo, spec, seed=5)[0]).types[0] == expected
 
 
-def test_rain_reports_the_direction_of_its_streaks(photo):
-    rainy, _ = degrade.apply(photo, "rain:angle=65,density=0.01,intensity=0.8", seed=2)
+@pytest.mark.parametrize("angle", [65, 90, 118])
+def test_rain_reports_the_direction_of_its_streaks(photo, angle):
+    rainy, _ = degrade.apply(photo, f"rain:angle={angle},density=0.01,intensity=0.8", seed=2)
     a = analyze(rainy)
     assert a.types[0] == "rain"
-    assert a.degradations[0].params["angle_deg"] == pytest.approx(65, abs=10)
+    assert a.degradations[0].params["angle_deg"] == pytest.approx(angle, abs=4)
+
+
+def test_images_smaller_than_a_streak_patch_give_finite_json(photo):
+    rainy, _ = degrade.apply(photo[:20, :24].copy(), "rain:angle=80,density=0.05,intensity=0.9", seed=1)
+    json.dumps(analyze(rainy).to_dict(), allow_nan=False)
 
 
 def test_analysis_dict_is_json_and_vector_follows_vocabulary(photo):

@@ -98,7 +98,9 @@ def test_patches_see_faint_rain_as_bright_lines_sharing_one_direction(photo):
     assert faint["patch_share"] > max(3 * clean["patch_share"], 0.1)
     assert faint["patch_balance"] > clean["patch_balance"] + 0.15
     assert faint["patch_coherence"] > clean["patch_coherence"] + 0.4
-    assert faint["patch_verticality"] > 0.95 and abs(faint["patch_angle"] - 100) <= 10
+    assert faint["patch_verticality"] > 0.95 and faint["patch_angle"] == pytest.approx(100, abs=3)
+    flat = est.streaks(np.full((64, 64), 128.0, np.float32))
+    assert flat["patch_share"] == 0 and flat["patch_angle"] == -1
 
 
 def test_snow_adds_flakes_at_two_scales(photo):

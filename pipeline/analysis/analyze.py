@@ -19,7 +19,8 @@ from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier, default_cla
 from pipeline.analysis.features import measure
 
 DETECT = 0.5
-ANALYSIS_VERSION = 1
+# 2: rain's angle_deg follows degrade's convention (it was mirrored); `classifier` added.
+ANALYSIS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def _params(dtype: str, m: dict[str, float], sigma: float, quality: float, quali
     if dtype == "rain":
         # The streaked patches' direction; the frame-wide one, which texture can sway, only when
         # no patch holds bright lines.
-        angle = m["streak_patch_angle"] if m["streak_patch_angle"] >= 0 else m["streak_angle"]
+        angle = m["streak_patch_angle"] if m["streak_patch_share"] > 0 else m["streak_angle"]
         return {"angle_deg": round(angle, 1), "coverage": round(m["streak_bright_share"], 3)}, -1.0, ""
     if dtype == "snow":
         return {"flakes_per_10k_px": round(m["blob_density"], 1)}, -1.0, ""

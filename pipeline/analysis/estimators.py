@@ -330,11 +330,8 @@ def streaks(y: np.ndarray) -> dict[str, float]:
     tophat = cv2.morphologyEx(y, cv2.MORPH_TOPHAT, element)
     gx = cv2.Sobel(tophat, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(tophat, cv2.CV_32F, 0, 1, ksize=3)
-    jxx, jyy, jxy = float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum())
-    trace = max(jxx + jyy, 1e-6)
-    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / trace
+    coherence, grad_angle = _tensor_direction(float((gx * gx).sum()), float((gy * gy).sum()), float((gx * gy).sum()))
     # The dominant gradient direction is across the lines; the lines run perpendicular to it.
-    grad_angle = 0.5 * np.arctan2(2 * jxy, jxx - jyy)
     line_angle = grad_angle + np.pi / 2
     t = tophat - tophat.mean()
     energy = float((t * t).mean()) + 1e-6
@@ -356,17 +353,27 @@ def streaks(y: np.ndarray) -> dict[str, float]:
     peak, _ = _orientation_peak(weighted)
     peak_count, peak_bin = _orientation_peak(counted)
     peak_grad_angle = (peak_bin + 0.5) * np.pi / ORIENTATION_BINS
-    # Degrees counter-clockwise from the image rows, 90 = vertical lines, as degrade.py's rain
-    # angle; the sign flips because image rows count downwards.
-    angle_deg = float(-np.degrees(line_angle) % 180.0)
     return {"energy": float(tophat.mean()), "coherence": float(coherence), "along": along,
-            "across": across, "angle": angle_deg, "bright_share": float((tophat > 20).mean()),
+            "across": across, "angle": _line_degrees(grad_angle), "bright_share": float((tophat > 20).mean()),
             "peak": peak, "peak_count": peak_count,
             "peak_along": corr(peak_grad_angle + np.pi / 2, 12), "peak_across": corr(peak_grad_angle, 12),
             **_streak_patches(tophat, cv2.morphologyEx(y, cv2.MORPH_BLACKHAT, element), gx, gy)}
 
 
 STREAK_PATCH = 32
+
+
+def _tensor_direction(jxx, jyy, jxy):
+    """(coherence in [0, 1], dominant gradient angle in radians, image axes) of structure-tensor
+    sums; floats or arrays of them."""
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / np.maximum(jxx + jyy, 1e-6)
+    return coherence, 0.5 * np.arctan2(2 * jxy, jxx - jyy)
+
+
+def _line_degrees(grad_angle: float) -> float:
+    """The direction of lines across a gradient angle, in degrees counter-clockwise from the image
+    rows, 90 = vertical, as degrade.py's rain angle (the sign flips: image rows count downwards)."""
+    return float(-np.degrees(grad_angle + np.pi / 2) % 180.0)
 
 
 def _patch_means(x: np.ndarray, size: int) -> np.ndarray:
@@ -380,19 +387,22 @@ def _streak_patches(tophat: np.ndarray, blackhat: np.ndarray, gx: np.ndarray, gy
 
     Rain only adds light, so where it shows, a patch's thin bright structures (white top-hat)
     outweigh its thin dark ones (black top-hat), whereas a scene's fine detail comes in both
-    signs; and the streaks of one frame run one way. A patch is *streaked* when its bright thin
-    energy is at least e^0.5 ≈ 1.65× its dark one, its top-hat gradients are coherent (> 0.3) and
-    their line direction lies within 15° of the frame's mode (the coherence-weighted histogram of
-    the bright patches' directions). ``patch_share`` is the share of streaked patches,
+    signs; and the streaks of one frame run one way. A patch is *bright* when its bright thin
+    energy outweighs its dark one, (T² + 1) / (B² + 1) > e^0.5 ≈ 1.65 in patch means, and
+    *streaked* when it is bright, its top-hat gradients are coherent (> 0.3) and their line
+    direction lies within 15° of the frame's mode (the coherence-weighted 10° histogram of the
+    bright patches' directions). ``patch_share`` is the share of streaked patches,
     ``patch_balance`` the median log bright/dark ratio over all patches, ``patch_coherence`` the
-    median coherence of the bright ones, ``patch_angle`` the mode (in ``streaks``' angle convention;
-    -1 when no patch is bright) and ``patch_verticality`` its |sin|.
+    median coherence of the bright ones, ``patch_verticality`` |sin| of the mode, and
+    ``patch_angle`` the direction of the streaked patches' summed tensor (``streaks``' angle
+    convention; -1 when no patch is streaked). Images under 32 px a side get patches of their
+    shorter side.
     """
     size = min(STREAK_PATCH, *tophat.shape)
     jxx, jyy, jxy = (_patch_means(g, size) for g in (gx * gx, gy * gy, gx * gy))
     balance = np.log((_patch_means(tophat * tophat, size) + 1.0) / (_patch_means(blackhat * blackhat, size) + 1.0))
-    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / (jxx + jyy + 1e-6)
-    line_deg = (np.degrees(0.5 * np.arctan2(2 * jxy, jxx - jyy)) + 90.0) % 180.0
+    coherence, grad_angle = _tensor_direction(jxx, jyy, jxy)
+    line_deg = (np.degrees(grad_angle) + 90.0) % 180.0
     bright = balance > 0.5
     if not bright.any():
         return {"patch_share": 0.0, "patch_balance": float(np.median(balance)), "patch_coherence": 0.0,
@@ -400,9 +410,13 @@ def _streak_patches(tophat: np.ndarray, blackhat: np.ndarray, gx: np.ndarray, gy
     hist = np.bincount((line_deg[bright] // 10).astype(np.int64) % 18, weights=coherence[bright], minlength=18)
     mode = (int(np.argmax(hist)) + 0.5) * 10.0
     near = np.abs((line_deg - mode + 90.0) % 180.0 - 90.0) < 15.0
-    return {"patch_share": float((bright & (coherence > 0.3) & near).mean()),
+    streaked = bright & (coherence > 0.3) & near
+    # The histogram's 10° bins place the mode; the streaked patches' summed tensor gives the angle.
+    angle = _line_degrees(float(_tensor_direction(jxx[streaked].sum(), jyy[streaked].sum(),
+                                                  jxy[streaked].sum())[1])) if streaked.any() else -1.0
+    return {"patch_share": float(streaked.mean()),
             "patch_balance": float(np.median(balance)), "patch_coherence": float(np.median(coherence[bright])),
-            "patch_angle": (180.0 - mode) % 180.0, "patch_verticality": float(abs(np.sin(np.radians(mode))))}
+            "patch_angle": angle, "patch_verticality": float(abs(np.sin(np.radians(mode))))}
 
 
 def _blob_peaks(y: np.ndarray, inner: float, outer: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
