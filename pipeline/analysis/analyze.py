@@ -43,7 +43,7 @@ class Analysis:
     text: str
     estimates: dict[str, float]
     measurements: dict[str, float]
-    classifier: str  # Classifier.digest() of the weights that scored it
+    classifier: str  # Classifier.digest of the weights that scored it
 
     @property
     def types(self) -> list[str]:
@@ -127,4 +127,4 @@ def analyze(pixels: np.ndarray, jpeg_bytes: bytes | None = None, model: Classifi
     # Every physical estimate, detected or not: the restorer and the MLLM hint use them as is.
     estimates = {"noise_sigma": sigma, "jpeg_quality": float(quality), "edge_width_px": m["edge_width"],
                  "mean_luminance": m["exp_mean"], "transmission": m["haze_transmission"]}
-    return Analysis(tuple(d for d, _ in found), scores, text, estimates, dict(m), model.digest())
+    return Analysis(tuple(d for d, _ in found), scores, text, estimates, dict(m), model.digest)

@@ -50,10 +50,11 @@ class Classifier:
         logits = np.einsum("knh,kht->knt", hidden, self.w2) + self.b2[:, None]
         return (1.0 / (1.0 + np.exp(-logits))).mean(axis=0)
 
+    @functools.cached_property
     def digest(self) -> str:
         """The first 16 hex digits of the sha256 of the weights, in field order: names the
         classifier in every analysis it makes, so samples scored by different weights can be told
-        apart."""
+        apart. Hashed once per classifier, not per image."""
         h = hashlib.sha256()
         for name in self.__dataclass_fields__:
             h.update(np.ascontiguousarray(getattr(self, name), np.float32).tobytes())
@@ -63,7 +64,7 @@ class Classifier:
         """Write the weights as safetensors; names and ``info`` go into its string metadata."""
         meta = {"features": json.dumps(FEATURE_NAMES), "types": json.dumps(ANALYSED_TYPES),
                 "info": json.dumps(info or {})}
-        arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in self.__dict__.items()}
+        arrays = {k: np.ascontiguousarray(getattr(self, k), np.float32) for k in self.__dataclass_fields__}
         save_file(arrays, str(path), metadata=meta)
 
     @classmethod

@@ -363,7 +363,8 @@ def streaks(y: np.ndarray) -> dict[str, float]:
 STREAK_PATCH = 32
 
 
-def _tensor_direction(jxx, jyy, jxy):
+def _tensor_direction(jxx: float | np.ndarray, jyy: float | np.ndarray, jxy: float | np.ndarray
+                      ) -> tuple[float | np.ndarray, float | np.ndarray]:
     """(coherence in [0, 1], dominant gradient angle in radians, image axes) of structure-tensor
     sums; floats or arrays of them."""
     coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy) / np.maximum(jxx + jyy, 1e-6)
