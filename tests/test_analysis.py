@@ -133,6 +133,15 @@ def test_stage_functions_carry_errors_as_rows(photo):
     assert batch["analysis"][1] == "" and batch["analysis_error"][1].startswith("k1: ")
 
 
+def test_synthetic_set_does_not_depend_on_where_the_data_lives(tmp_path, photo):
+    for place in ("here", "there/deeper"):
+        (tmp_path / place / "photos").mkdir(parents=True)
+        (tmp_path / place / "photos" / "p.png").write_bytes(encode_png(photo[:96, :96].copy()))
+    here, there = (list(ev.synthetic([tmp_path / place / "photos"], {"rain": ("rain",)}))
+                   for place in ("here", "there/deeper"))
+    assert np.array_equal(here[0].pixels, there[0].pixels)
+
+
 def test_evaluate_synthetic_writes_tables(tmp_path, photo):
     photos = tmp_path / "photos"
     photos.mkdir()

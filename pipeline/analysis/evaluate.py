@@ -85,7 +85,8 @@ def _load(path: str) -> tuple[np.ndarray, bytes | None]:
 
 def synthetic(folders: Iterable[Path], specs: dict[str, tuple[str, ...]], seed: int = 0) -> Iterator[LabelledImage]:
     """Every clean photo in ``folders`` degraded by every label's spec (alternating a label's specs
-    over photos); seeds come from the photo and spec, so the set is the same on every run."""
+    over photos); seeds come from the photo's folder and file names and the spec, so the set is the
+    same on every run and wherever the data lives."""
     for folder in folders:
         for i, path in enumerate(images_in(folder)):
             clean = load_rgb(str(path)).pixels
@@ -94,7 +95,8 @@ def synthetic(folders: Iterable[Path], specs: dict[str, tuple[str, ...]], seed: 
                 if not spec:
                     yield LabelledImage(f"{path}", clean, None, ("clean",))
                     continue
-                img, applied = degrade.apply(clean, spec, degrade.seed_for(f"{path}|{spec}|{seed}"))
+                photo = f"{path.parent.name}/{path.name}"
+                img, applied = degrade.apply(clean, spec, degrade.seed_for(f"{photo}|{spec}|{seed}"))
                 yield LabelledImage(f"{path}|{spec}", img, None, tuple(degrade.types_of(spec)), _true_params(applied))
 
 
