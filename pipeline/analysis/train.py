@@ -10,10 +10,11 @@ and PACKAGE_PHOTOS from three Debian/Ubuntu packages) are cut into many random c
 bright, flat and colourless scenes and not just these photos. Each crop is degraded by the kinds
 of ``pipeline.degrade`` over ranges from faint to heavy and by pairs of kinds, including what
 real cameras show: soft, translucent rain and snow (precipitation out of the focal plane),
-correlated, often JPEG-compressed sensor noise (what demosaicking and in-camera denoising leave)
-and backlit under-exposure. The classical measurements of each result train an ensemble of five
+correlated, often JPEG-compressed sensor noise (what demosaicking and in-camera denoising leave),
+backlit under-exposure and under-exposure whose shadow noise the camera smoothed away. The
+classical measurements of each result train an ensemble of five
 small perceptrons with numpy. None of the evaluation photos (Kodak24, McMaster, LIVE1, the real
-sets in shared/data) is used. Seeded; about 30 minutes on 2 CPU cores.
+sets in shared/data) is used. Seeded; about 20 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def photos_in(folders: list[str]) -> tuple[str, ...]:
 # correlated sensor noise, often JPEG-compressed, and under-exposure against a bright background
 # (a high gamma near scale 1 crushes the shadows and keeps the sky: a backlit subject).
 SOFT = "defocus=0.3..1.2,opacity=0.35..1"
-# Clean crops weigh 15 of the 49 units per crop. Tripling them (from 5) raised the recall of clean
+# Clean crops weigh 15 of the 53 units per crop. Tripling them (from 5) raised the recall of clean
 # crops of held-out training photos from 46 % to 58 % for a point less on degraded ones (one member).
 SPECS: tuple[tuple[str, int], ...] = (
     ("", 12), ("jpeg:quality=93..98", 3),
@@ -119,6 +120,13 @@ SPECS: tuple[tuple[str, int], ...] = (
     ("noise:sigma=5..30+jpeg:quality=20..90", 1), ("rain+noise:sigma=5..20", 1),
     ("haze+noise:sigma=5..20", 1), ("snow+jpeg:quality=30..90", 1), ("rain+jpeg:quality=30..90", 1),
     ("low-light+jpeg:quality=30..90", 1),
+    # Added last so that the specs above keep their seeds. Under-exposure as a camera delivers it:
+    # its noise reduction and JPEG coding leave shadows nearly noiseless (σ 0..1), where read noise
+    # alone had taught that a dark, clean-looking image is a dim clean one. And faint, crisp, sparse
+    # rain: thin streaks a fifth to half as bright as the defaults, in focus.
+    ("low-light:gamma=1.0..1.8,scale=0.2..0.6,sigma=0..1+jpeg:quality=75..95", 2),
+    ("low-light:gamma=2.0..3.5,scale=0.6..1.0,sigma=0..1+jpeg:quality=75..95", 1),
+    ("rain:density=0.001..0.006,length=15..45,angle=70..110,intensity=0.2..0.6", 1),
 )
 # Photos are often stored as fine JPEGs: at or above this quality the codec is not a degradation,
 # at or below JPEG_FULL it fully is, and in between its label grows linearly, so that a noisy or
@@ -252,24 +260,32 @@ def build(photos: tuple[str, ...], n_crops: int, seed: int, workers: int) -> lis
 
 def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, seed: int, lr: float = 1e-2,
             weight_decay: float = 1e-3) -> dict[str, np.ndarray]:
-    """Full-batch Adam on the sigmoid cross-entropy of a one-hidden-layer ReLU perceptron."""
+    """Full-batch Adam on the sigmoid cross-entropy of a one-hidden-layer ReLU perceptron.
+
+    In float32: three times faster than float64 on a CPU, and the accuracy of the fitted ensembles
+    differs by no more than refitting from another seed does."""
+    f32 = np.float32
+    x, y = x.astype(f32), y.astype(f32)
     rng = np.random.default_rng(seed)
-    p = {"w1": rng.normal(0, np.sqrt(2 / x.shape[1]), (x.shape[1], hidden)), "b1": np.zeros(hidden),
-         "w2": rng.normal(0, np.sqrt(1 / hidden), (hidden, y.shape[1])), "b2": np.zeros(y.shape[1])}
+    p = {"w1": rng.normal(0, np.sqrt(2 / x.shape[1]), (x.shape[1], hidden)).astype(f32), "b1": np.zeros(hidden, f32),
+         "w2": rng.normal(0, np.sqrt(1 / hidden), (hidden, y.shape[1])).astype(f32), "b2": np.zeros(y.shape[1], f32)}
     m = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(v) for k, v in p.items()}
     for t in range(1, steps + 1):
         pre = x @ p["w1"] + p["b1"]
         h = np.maximum(pre, 0.0)
-        prob = 1.0 / (1.0 + np.exp(-(h @ p["w2"] + p["b2"])))
-        d_out = (prob - y) / len(x)
+        # Clipped so that exp cannot overflow in float32 (a logit beyond ±30 is certain either way).
+        prob = 1.0 / (1.0 + np.exp(-np.clip(h @ p["w2"] + p["b2"], -30, 30)))
+        d_out = (prob - y) / f32(len(x))
         d_h = (d_out @ p["w2"].T) * (pre > 0)
-        grads = {"w2": h.T @ d_out + weight_decay * p["w2"], "b2": d_out.sum(0),
-                 "w1": x.T @ d_h + weight_decay * p["w1"], "b1": d_h.sum(0)}
+        grads = {"w2": h.T @ d_out + f32(weight_decay) * p["w2"], "b2": d_out.sum(0),
+                 "w1": x.T @ d_h + f32(weight_decay) * p["w1"], "b1": d_h.sum(0)}
+        step = f32(lr / (1 - 0.9 ** t))
+        bias2 = f32(1 - 0.999 ** t)
         for k, g in grads.items():
-            m[k] = 0.9 * m[k] + 0.1 * g
-            v[k] = 0.999 * v[k] + 0.001 * g * g
-            p[k] -= lr * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)
+            m[k] = f32(0.9) * m[k] + f32(0.1) * g
+            v[k] = f32(0.999) * v[k] + f32(0.001) * g * g
+            p[k] -= step * m[k] / (np.sqrt(v[k] / bias2) + f32(1e-8))
     return p
 
 
