@@ -292,7 +292,7 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, seed: int, lr
 def fit(examples: list[Example], hidden: int = 64, steps: int = 3000, seed: int = 0, members: int = 5) -> Classifier:
     """An ensemble of ``members`` perceptrons fitted to ``examples`` from seeds seed, seed+1, …"""
     raw = np.stack([e.features for e in examples]).astype(np.float64)
-    labels = np.stack([e.labels for e in examples]).astype(np.float64)
+    labels = np.stack([e.labels for e in examples])  # float32, as fit_mlp fits
     z = transform(raw)
     mean, std = z.mean(0), z.std(0) + 1e-6
     fitted = [fit_mlp((z - mean) / std, labels, hidden, steps, seed + k) for k in range(members)]
