@@ -149,7 +149,7 @@ def test_evaluate_synthetic_writes_tables(tmp_path, photo):
     for i in range(2):
         (photos / f"p{i}.png").write_bytes(encode_png(photo[i * 64: i * 64 + 192, :192].copy()))
     specs = {"clean": ("",), "noise": ("noise:sigma=20..40",), "jpeg": ("jpeg:quality=10..30",)}
-    report = ev.evaluate(ev.synthetic([photos], specs), {"analysis": describers.analysis_describer,
+    report = ev.evaluate(ev.synthetic([photos], specs), {"analysis": describers.analysis_describer(),
                                                           "always-rain": lambda p, b: ["rain"]})
     assert report.tallies["analysis"].total == 6 and report.tallies["analysis"].counts.sum() == 6
     assert report.tallies["always-rain"].top1 == 0.0
@@ -177,6 +177,30 @@ def test_model_describers_run_through_the_same_report(tmp_path, photo):
                for t in p[3].split("+"))
     with pytest.raises(ValueError, match="unknown describer"):
         describers.build(["analysis", "oracle"])
+
+
+def test_evaluate_scores_other_weights_given_on_the_command_line(tmp_path, photo, capsys):
+    # Weights whose snow output is pushed far up: every image must then read snow, so the
+    # command must have scored with them and not with the shipped classifier.
+    model = default_classifier()
+    b2 = model.b2.copy()
+    b2[:, ANALYSED_TYPES.index("snow")] += 50.0
+    dataclasses.replace(model, b2=b2).save(tmp_path / "snowy.safetensors")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "p.png").write_bytes(encode_png(photo[:128, :128].copy()))
+    args = ["--photos", str(photos), "--set", "synthetic"]
+    ev.main(["--out", str(tmp_path / "shipped"), *args])
+    ev.main(["--out", str(tmp_path / "snowy"), *args, "--weights", str(tmp_path / "snowy.safetensors")])
+    shipped, snowy = (json.loads((tmp_path / d / "report.json").read_text())["describers"]["analysis"]
+                      for d in ("shipped", "snowy"))
+    snow = ANALYSED_TYPES.index("snow")
+    assert np.array(snowy["confusion"])[:, snow].sum() == snowy["n"] == 8
+    assert np.array(shipped["confusion"])[:, snow].sum() < shipped["n"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "missing.safetensors")])
+    assert "missing.safetensors" in capsys.readouterr().err
 
 
 def test_evaluate_reads_a_manifest(tmp_path, photo):

@@ -10,12 +10,13 @@ random models their answers are near chance, with real weights they become a bas
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from pipeline import vocabulary
 from pipeline.analysis.analyze import analyze
-from pipeline.analysis.classifier import ANALYSED_TYPES
+from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier
 
 Describer = Callable[[np.ndarray, "bytes | None"], list[str]]
 DESCRIBER_NAMES = ("analysis", "mllm", "clip")
@@ -34,9 +35,14 @@ CLIP_PROMPTS: dict[str, str] = {
 }
 
 
-def analysis_describer(pixels: np.ndarray, jpeg_bytes: bytes | None) -> list[str]:
-    """The weight-free analysis as a describer."""
-    return analyze(pixels, jpeg_bytes).types
+def analysis_describer(model: Classifier | None = None) -> Describer:
+    """The weight-free analysis as a describer, scoring with ``model`` (default: the shipped
+    classifier), so that freshly trained weights can be compared with the shipped ones."""
+
+    def describe(pixels: np.ndarray, jpeg_bytes: bytes | None) -> list[str]:
+        return analyze(pixels, jpeg_bytes, model).types
+
+    return describe
 
 
 def mllm_describer(settings) -> Describer:
@@ -80,8 +86,9 @@ def clip_describer(settings, prompts: dict[str, str] = CLIP_PROMPTS) -> Describe
     return describe
 
 
-def build(names: Sequence[str], preset_name: str = "tiny") -> dict[str, Describer]:
-    """The named describers; the MLLM and CLIP ones load the models of ``preset_name``."""
+def build(names: Sequence[str], preset_name: str = "tiny", weights: Path | None = None) -> dict[str, Describer]:
+    """The named describers; the MLLM and CLIP ones load the models of ``preset_name``, the
+    analysis scores with the classifier in ``weights`` (default: the shipped one)."""
     unknown = sorted(set(names) - set(DESCRIBER_NAMES))
     if unknown:
         raise ValueError(f"unknown describer(s) {', '.join(unknown)}; known: {', '.join(DESCRIBER_NAMES)}")
@@ -89,7 +96,7 @@ def build(names: Sequence[str], preset_name: str = "tiny") -> dict[str, Describe
     settings = None
     for name in names:
         if name == "analysis":
-            out[name] = analysis_describer
+            out[name] = analysis_describer(Classifier.load(weights) if weights else None)
             continue
         if settings is None:
             from pipeline.models.presets import preset

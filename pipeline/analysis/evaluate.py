@@ -5,6 +5,7 @@
     python -m pipeline.analysis.evaluate --out eval_out --set params      # σ and JPEG-quality MAE
     python -m pipeline.analysis.evaluate --out eval_out --manifest test.parquet
     python -m pipeline.analysis.evaluate --out eval_out --set real --describers analysis,mllm,clip --preset tiny
+    python -m pipeline.analysis.evaluate --out eval_out --set real --weights new.safetensors   # other weights
 
 A describer is any callable ``(pixels, jpeg_bytes) -> [types, most likely first]``
 (``pipeline.analysis.describers``): the weight-free analysis, and the MLLM describer and CLIP
@@ -268,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--describers", default="analysis",
                     help=f"comma-separated, of {', '.join(describers.DESCRIBER_NAMES)}")
     ap.add_argument("--preset", default="tiny", help="model preset of the mllm and clip describers")
+    ap.add_argument("--weights", type=Path,
+                    help="classifier weights for the analysis describer (default: the shipped ones), "
+                         "e.g. a file written by python -m pipeline.analysis.train --out")
     args = ap.parse_args(argv)
     data = Path(args.data)
     photos = [Path(p) for p in args.photos] if args.photos else [data / p for p in HELD_OUT_PHOTOS]
@@ -283,8 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         ap.error("give --set or --manifest")
     try:
-        chosen = describers.build([n.strip() for n in args.describers.split(",") if n.strip()], args.preset)
-    except ValueError as e:
+        chosen = describers.build([n.strip() for n in args.describers.split(",") if n.strip()], args.preset,
+                                  args.weights)
+    except (ValueError, OSError) as e:
         ap.error(str(e))
     try:
         report = evaluate(samples, chosen)
