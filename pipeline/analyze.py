@@ -1,7 +1,8 @@
 """What is wrong with these images? ``python -m pipeline.analyze PATH… [--json]``
 
 Prints one line per image — with ``--json`` the object
-``{"path", "degradations": [{"type", "score", "params"}, …], "text"}``, most likely type first —
+``{"path", "degradations": [{"type", "score", "params"}, …], "text", "classifier"}``, most likely
+type first, ``classifier`` naming the weights that scored it (their digest, as in the sample json) —
 or, for an unusable file, ``{"path", "error"}``; the batch always goes on. A directory stands for
 the image files directly inside it. Exit status: 0 if any image was analysed, 1 if none was.
 No model is downloaded: see pipeline/analysis.
@@ -40,7 +41,7 @@ def analyze_path(path: str) -> dict:
     except ValueError as e:
         return {"path": path, "error": f"cannot analyse: {e}"}
     return {"path": path, "degradations": result.to_dict()["degradations"], "text": result.text,
-            **({"notes": list(loaded.notes)} if loaded.notes else {})}
+            "classifier": result.classifier, **({"notes": list(loaded.notes)} if loaded.notes else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,6 +103,7 @@ def test_cli_reports_each_file_and_goes_on(tmp_path, photo, capsys):
     for ok in ("good", "gray16", "palette"):
         line = by_path[str(files[ok])]
         assert line["degradations"][0]["type"] in ANALYSED_TYPES and line["text"]
+        assert line["classifier"] == default_classifier().digest
     assert "truncated" in by_path[str(files["corrupt"])]["error"]
     assert "at least" in by_path[str(files["tiny"])]["error"]
     assert "not a readable image" in by_path[str(files["text"])]["error"]
