@@ -202,6 +202,10 @@ def test_evaluate_scores_other_weights_given_on_the_command_line(tmp_path, photo
     with pytest.raises(SystemExit):
         ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "missing.safetensors")])
     assert "missing.safetensors" in capsys.readouterr().err
+    (tmp_path / "garbage.safetensors").write_bytes(b"not weights")
+    with pytest.raises(SystemExit):
+        ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "garbage.safetensors")])
+    assert "garbage.safetensors: not a safetensors weights file" in capsys.readouterr().err
 
 
 def test_evaluate_reads_a_manifest(tmp_path, photo):

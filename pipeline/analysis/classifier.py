@@ -70,10 +70,13 @@ class Classifier:
     @classmethod
     def load(cls, path: Path = WEIGHTS) -> Classifier:
         """Read weights, refusing a file trained on other features or types than this code's."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+        except SafetensorError as e:
+            raise ValueError(f"{path}: not a safetensors weights file ({e})") from e
         for key, expected in (("features", FEATURE_NAMES), ("types", ANALYSED_TYPES)):
             if tuple(json.loads(meta.get(key, "[]"))) != expected:
                 raise ValueError(f"{path}: weights were trained for other {key} than this code measures; "
