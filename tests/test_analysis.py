@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline import degrade, vocabulary
-from pipeline.analysis import describers
+from pipeline.analysis import classifier, describers
 from pipeline.analysis import evaluate as ev
 from pipeline.analysis.analyze import analyze
 from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier, default_classifier
@@ -206,6 +206,26 @@ def test_evaluate_scores_other_weights_given_on_the_command_line(tmp_path, photo
     with pytest.raises(SystemExit):
         ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "garbage.safetensors")])
     assert "garbage.safetensors: not a safetensors weights file" in capsys.readouterr().err
+
+
+def test_evaluate_with_other_weights_never_needs_the_shipped_ones(tmp_path, photo, monkeypatch):
+    # Retrained weights are compared while the shipped file may be stale (trained on other
+    # features): no part of the run may load it, the parameter errors included.
+    default_classifier().save(tmp_path / "w.safetensors")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "p.png").write_bytes(encode_png(photo[:128, :128].copy()))
+    monkeypatch.setattr(classifier, "WEIGHTS", tmp_path / "absent.safetensors")
+    default_classifier.cache_clear()
+    try:
+        ev.main(["--out", str(tmp_path / "out"), "--photos", str(photos), "--set", "synthetic",
+                 "--weights", str(tmp_path / "w.safetensors")])
+        with pytest.raises(FileNotFoundError):
+            default_classifier()  # the shipped weights really were out of reach
+    finally:
+        default_classifier.cache_clear()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["describers"]["analysis"]["n"] == 8 and "sigma" in report["parameter_mae"]
 
 
 def test_evaluate_reads_a_manifest(tmp_path, photo):

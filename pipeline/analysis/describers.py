@@ -10,7 +10,6 @@ random models their answers are near chance, with real weights they become a bas
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -86,9 +85,9 @@ def clip_describer(settings, prompts: dict[str, str] = CLIP_PROMPTS) -> Describe
     return describe
 
 
-def build(names: Sequence[str], preset_name: str = "tiny", weights: Path | None = None) -> dict[str, Describer]:
+def build(names: Sequence[str], preset_name: str = "tiny", model: Classifier | None = None) -> dict[str, Describer]:
     """The named describers; the MLLM and CLIP ones load the models of ``preset_name``, the
-    analysis scores with the classifier in ``weights`` (default: the shipped one)."""
+    analysis scores with ``model`` (default: the shipped classifier)."""
     unknown = sorted(set(names) - set(DESCRIBER_NAMES))
     if unknown:
         raise ValueError(f"unknown describer(s) {', '.join(unknown)}; known: {', '.join(DESCRIBER_NAMES)}")
@@ -96,7 +95,7 @@ def build(names: Sequence[str], preset_name: str = "tiny", weights: Path | None 
     settings = None
     for name in names:
         if name == "analysis":
-            out[name] = analysis_describer(Classifier.load(weights) if weights else None)
+            out[name] = analysis_describer(model)
             continue
         if settings is None:
             from pipeline.models.presets import preset

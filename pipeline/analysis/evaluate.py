@@ -29,7 +29,7 @@ import numpy as np
 from pipeline import degrade
 from pipeline.analysis import describers
 from pipeline.analysis.analyze import analyze
-from pipeline.analysis.classifier import ANALYSED_TYPES
+from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier
 from pipeline.analysis.describers import Describer
 from pipeline.image_files import ImageError, images_in, load_rgb, read_bytes
 
@@ -204,9 +204,11 @@ class Report:
     predictions: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
-def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer]) -> Report:
-    """Run every describer on every sample; collect confusion counts and the analysis' σ and
-    quality errors. A describer failing on one sample is recorded and counted as a miss."""
+def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer],
+             model: Classifier | None = None) -> Report:
+    """Run every describer on every sample; collect confusion counts and the σ and quality errors
+    of the analysis with ``model`` (default: the shipped classifier). A describer failing on one
+    sample is recorded and counted as a miss."""
     tallies = {name: Tally.empty(ANALYSED_TYPES) for name in describers}
     errors: dict[str, list[float]] = {"sigma": [], "quality": []}
     failures: list[str] = []
@@ -221,7 +223,7 @@ def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer])
             tallies[name].add(s.types, predicted)
             predictions.append((s.name, "+".join(s.types), name, "+".join(predicted)))
         if s.params:
-            estimates = analyze(s.pixels, s.jpeg_bytes).estimates
+            estimates = analyze(s.pixels, s.jpeg_bytes, model).estimates
             if "sigma" in s.params and "jpeg" not in s.types:
                 errors["sigma"].append(abs(estimates["noise_sigma"] - s.params["sigma"]))
             if "quality" in s.params and "noise" not in s.types:
@@ -287,12 +289,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         ap.error("give --set or --manifest")
     try:
-        chosen = describers.build([n.strip() for n in args.describers.split(",") if n.strip()], args.preset,
-                                  args.weights)
+        model = Classifier.load(args.weights) if args.weights else None
+        chosen = describers.build([n.strip() for n in args.describers.split(",") if n.strip()], args.preset, model)
     except (ValueError, OSError) as e:
         ap.error(str(e))
     try:
-        report = evaluate(samples, chosen)
+        report = evaluate(samples, chosen, model)
     except ImageError as e:
         raise SystemExit(f"cannot read an evaluation image: {e}") from e
     print(write(report, Path(args.out), title))
