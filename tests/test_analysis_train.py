@@ -41,6 +41,23 @@ def test_fit_learns_separable_examples():
     assert train.top1(model, examples) > 0.9
 
 
+def test_fit_is_the_same_whatever_the_thread_and_process_counts():
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 40))
+    labels = (x[:, :len(ANALYSED_TYPES)] > 0.5).astype(np.float32)
+    examples = [train.Example(f, y, "p") for f, y in zip(x, labels)]
+    with threadpool_limits(limits=2):
+        threaded = train.fit(examples, hidden=32, steps=60, members=2)
+    with threadpool_limits(limits=1):
+        single = train.fit(examples, hidden=32, steps=60, members=2)
+    in_processes = train.fit(examples, hidden=32, steps=60, members=2, workers=2)
+    for name in ("w1", "b1", "w2", "b2"):
+        assert np.array_equal(getattr(threaded, name), getattr(single, name))
+        assert np.array_equal(getattr(in_processes, name), getattr(single, name))
+
+
 def test_photo_files_are_found_and_shrunk_to_the_benchmark_size(tmp_path):
     from PIL import Image
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pipeline import degrade
 from pipeline.analysis.classifier import ANALYSED_TYPES, WEIGHTS, Classifier, transform
@@ -289,13 +290,30 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, seed: int, lr
     return p
 
 
-def fit(examples: list[Example], hidden: int = 64, steps: int = 3000, seed: int = 0, members: int = 5) -> Classifier:
-    """An ensemble of ``members`` perceptrons fitted to ``examples`` from seeds seed, seed+1, …"""
+def _fit_member(job: tuple[np.ndarray, np.ndarray, int, int, int]) -> dict[str, np.ndarray]:
+    x, y, hidden, steps, seed = job
+    # One BLAS thread: a threaded matrix product sums in an order set by the thread count, and
+    # thousands of Adam steps grow those last-bit differences into another fit (refits that
+    # differed only in the thread count scored a few synthetic images apart). So the result
+    # depends on the command alone; members run in parallel processes instead.
+    with threadpool_limits(limits=1):
+        return fit_mlp(x, y, hidden, steps, seed)
+
+
+def fit(examples: list[Example], hidden: int = 64, steps: int = 3000, seed: int = 0, members: int = 5,
+        workers: int = 1) -> Classifier:
+    """An ensemble of ``members`` perceptrons fitted to ``examples`` from seeds seed, seed+1, …,
+    in ``workers`` processes; the same whatever ``workers`` and the machine's core count."""
     raw = np.stack([e.features for e in examples]).astype(np.float64)
     labels = np.stack([e.labels for e in examples])  # float32, as fit_mlp fits
     z = transform(raw)
     mean, std = z.mean(0), z.std(0) + 1e-6
-    fitted = [fit_mlp((z - mean) / std, labels, hidden, steps, seed + k) for k in range(members)]
+    jobs = [((z - mean) / std, labels, hidden, steps, seed + k) for k in range(members)]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, members)) as pool:
+            fitted = list(pool.map(_fit_member, jobs))
+    else:
+        fitted = [_fit_member(job) for job in jobs]
     return Classifier(mean, std, *(np.stack([p[name] for p in fitted]) for name in ("w1", "b1", "w2", "b2")))
 
 
@@ -345,10 +363,10 @@ def main(argv: list[str] | None = None) -> None:
             save_examples(args.examples, examples)
     # Honest in-training check: leave a third of the photos out, fit, score on them.
     held = set(photos[::3])
-    model = fit([e for e in examples if e.photo not in held], seed=args.seed)
+    model = fit([e for e in examples if e.photo not in held], seed=args.seed, workers=args.workers)
     val = top1(model, [e for e in examples if e.photo in held])
     print(f"top-1 on held-out training photos {sorted(short_name(p, args.share) for p in held)}: {val:.3f}")
-    model = fit(examples, seed=args.seed)
+    model = fit(examples, seed=args.seed, workers=args.workers)
     print(f"top-1 on all training examples: {top1(model, examples):.3f}")
     model.save(args.out, info={"photos": [short_name(p, args.share) for p in photos], "crops": args.crops,
                                "seed": args.seed,
