@@ -103,6 +103,31 @@ def test_patches_see_faint_rain_as_bright_lines_sharing_one_direction(photo):
     assert flat["patch_share"] == 0 and flat["patch_angle"] == -1
 
 
+def test_bright_lines_see_rain_and_not_the_same_lines_dark(photo):
+    # Faint rain adds long thin lines brighter than both sides; the very same lines subtracted
+    # instead (dark lines, as twigs and cables often are) must not read as rain.
+    rainy = degrade.apply(photo, "rain:angle=95,density=0.006,intensity=0.3", seed=3)[0].astype(np.float32)
+    clean = photo.astype(np.float32)
+    dark = np.clip(2 * clean - rainy, 0, 255)
+    before, bright, inverted = (est.bright_lines(est.luminance(x)) for x in (clean, rainy, dark))
+    assert bright["excess"] > before["excess"] + 0.02 and inverted["excess"] < before["excess"]
+    assert bright["patch_share"] > before["patch_share"] + 0.25 and inverted["patch_share"] <= before["patch_share"]
+    assert bright["patch_balance"] > before["patch_balance"] + 0.3 and inverted["patch_balance"] < before["patch_balance"]
+    tiny = est.bright_lines(np.full((16, 16), 128.0, np.float32))
+    assert tiny == {"excess": 0.0, "patch_share": 0.0, "patch_balance": 0.0}
+
+
+def test_bright_lines_rank_every_real_rainy_image_above_its_clean_target(shared_data):
+    from pipeline.image_files import load_rgb
+
+    pairs = sorted((shared_data / "derain").glob("*/input/*.png"))
+    assert len(pairs) == 22
+    for rainy_path in pairs:
+        rainy, target = (est.bright_lines(est.luminance(load_rgb(str(p)).pixels.astype(np.float32)))
+                         for p in (rainy_path, rainy_path.parents[1] / "target" / rainy_path.name))
+        assert rainy["patch_balance"] > target["patch_balance"], rainy_path
+
+
 def test_snow_adds_flakes_at_two_scales(photo):
     snowy = degrade.apply(photo, "snow:density=0.006,flake_size=1.5,veil=0.1", seed=4)[0].astype(np.float32)
     before = est.bright_blobs(photo.astype(np.float32), est.luminance(photo.astype(np.float32)))

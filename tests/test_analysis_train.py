@@ -31,6 +31,18 @@ def test_jitter_keeps_the_median_in_a_well_exposed_range(crop):
     assert min(medians) > 0.18 and max(medians) < 0.9
 
 
+def test_backlit_keeps_a_bright_sky_over_under_exposed_land(crop):
+    for seed in range(6):
+        img, applied = train.backlit(crop, np.random.default_rng(seed))
+        y = train._luma(img.astype(np.float32) / 255)
+        sky, land = y[: int(0.1 * len(y))], y[int(0.6 * len(y)):]
+        assert img.shape == crop.shape and img.dtype == np.uint8
+        assert np.median(sky) > 0.4 and np.median(land) < 0.5 * np.median(train._luma(crop[int(0.6 * len(y)):] / 255))
+        labels = _labels(applied)
+        assert labels["low-light"] == 1.0 and labels["clean"] == 0.0
+        assert [a["type"] for a in applied][1:] in ([], ["jpeg"])
+
+
 def test_fit_learns_separable_examples():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4))

@@ -4,7 +4,7 @@ An ensemble of one-hidden-layer perceptrons, trained from different seeds, with 
 output per analysed type (an image can carry several), averaged over the members: with a few
 dozen training photos a single member's decision varies by one or two points of accuracy with
 its seed, and the average varies less. Parameters (σ, quality, …) are the estimators' own,
-uncalibrated. Trained by ``pipeline.analysis.train``; the weights file (72 KB) ships inside the
+uncalibrated. Trained by ``pipeline.analysis.train``; the weights file (148 KB) ships inside the
 package.
 """
 

@@ -1,9 +1,10 @@
 """An image → the fixed-length vector of classical measurements the classifier reads.
 
-Pixel-scale cues (noise, JPEG lattice, edge width, streaks, flakes) are measured at the native
-resolution on a central window of at most ``WINDOW`` pixels a side, cut on the 8-pixel JPEG grid
-so a compressed image's blocks stay aligned; frame-wide cues (exposure, haze) on a copy of the
-whole frame shrunk to at most ``SMALL`` pixels a side. That bounds the cost whatever the size.
+Pixel-scale cues (noise, JPEG lattice, edge width, streaks, bright lines, flakes) are measured at
+the native resolution on a central window of at most ``WINDOW`` pixels a side, cut on the 8-pixel
+JPEG grid so a compressed image's blocks stay aligned; frame-wide cues (exposure, haze) on a copy
+of the whole frame shrunk to at most ``SMALL`` pixels a side. That bounds the cost whatever the
+size.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "streak_energy", "streak_coherence", "streak_along", "streak_across", "streak_verticality",
     "streak_bright_share", "streak_peak", "streak_peak_count", "streak_peak_along", "streak_peak_across",
     "streak_patch_share", "streak_patch_balance", "streak_patch_coherence", "streak_patch_verticality",
+    "line_excess", "line_patch_share", "line_patch_balance",
     "blob_density", "blob_white_density", "blob_dog_p99", "blob_tophat", "blob_large_density", "blob_grey_share",
 )
 
@@ -84,6 +86,7 @@ def measure(pixels: np.ndarray) -> Measurements:
     exp = est.exposure(small)
     haze = est.dark_channel(small)
     streak = est.streaks(y)
+    lines = est.bright_lines(y)
     blobs = est.bright_blobs(window, y)
     values = {
         "noise_sigma": sigma, "noise_sigma_half_ratio": 2 * sigma_half / max(sigma, 0.1),
@@ -99,6 +102,7 @@ def measure(pixels: np.ndarray) -> Measurements:
         "streak_peak": streak["peak"], "streak_peak_count": streak["peak_count"],
         "streak_peak_along": streak["peak_along"], "streak_peak_across": streak["peak_across"],
         **{f"streak_{k}": v for k, v in streak.items() if k.startswith("patch_")},
+        **{f"line_{k}": v for k, v in lines.items()},
         **{f"blob_{k}": v for k, v in blobs.items()},
     }
     return Measurements(values)
