@@ -363,9 +363,9 @@ def streaks(y: np.ndarray) -> dict[str, float]:
 STREAK_PATCH = 32
 
 
-# Line directions the bright-line cue tries, degrees from the vertical: the benchmark sets' rain
-# and pipeline.degrade's (70..110°) fall within ±20°, and a line of LINE_LENGTH drifts by at most
-# one pixel between neighbouring directions.
+# Line directions the bright-line cue tries, degrees from the vertical: pipeline.degrade's default
+# rain (70..110°) falls within ±20°, as the benchmark sets' rain does by eye, and a line of
+# LINE_LENGTH drifts by at most one pixel between neighbouring directions.
 LINE_ANGLES = (-20.0, -10.0, 0.0, 10.0, 20.0)
 LINE_LENGTH = 11
 # Grey levels a line must stand above both its horizontal neighbours, averaged along its length.

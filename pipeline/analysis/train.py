@@ -336,9 +336,9 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int, steps: int, seed: int, lr
 def _fit_member(job: tuple[np.ndarray, np.ndarray, int, int, int]) -> dict[str, np.ndarray]:
     x, y, hidden, steps, seed = job
     # One BLAS thread: a threaded matrix product sums in an order set by the thread count, and
-    # thousands of Adam steps grow those last-bit differences into another fit (refits that
-    # differed only in the thread count scored a few synthetic images apart). So the result
-    # depends on the command alone; members run in parallel processes instead.
+    # thousands of Adam steps grow those last-bit differences into another fit (two fits that
+    # differed only in the thread count scored three real images apart). So the result depends
+    # on the command alone; members run in parallel processes instead.
     with threadpool_limits(limits=1):
         return fit_mlp(x, y, hidden, steps, seed)
 
