@@ -98,6 +98,24 @@ def _params(dtype: str, m: dict[str, float], sigma: float, quality: float, quali
     return {}, 0.0, ""
 
 
+def _quality(m: dict[str, float], jpeg_bytes: bytes | None) -> tuple[float, str]:
+    """(JPEG quality, its source): the file's quantisation table when it has one, else the pixels'."""
+    from_table = est.quality_from_jpeg_bytes(jpeg_bytes) if jpeg_bytes is not None else None
+    return (m["jpeg_quality"], "pixels") if from_table is None else (from_table, "quantisation table")
+
+
+def _estimates(m: dict[str, float], quality: float) -> dict[str, float]:
+    return {"noise_sigma": m["noise_sigma"], "jpeg_quality": float(quality), "edge_width_px": m["edge_width"],
+            "mean_luminance": m["exp_mean"], "transmission": m["haze_transmission"]}
+
+
+def estimates(pixels: np.ndarray, jpeg_bytes: bytes | None = None) -> dict[str, float]:
+    """The physical estimates alone (σ, JPEG quality, edge width, luminance, transmission): the
+    classifier plays no part in them, so none is loaded."""
+    m = measure(pixels).values
+    return _estimates(m, _quality(m, jpeg_bytes)[0])
+
+
 def analyze(pixels: np.ndarray, jpeg_bytes: bytes | None = None, model: Classifier | None = None) -> Analysis:
     """Analyse 8-bit RGB pixels (H, W, 3); ``jpeg_bytes`` are the file's bytes when it may be a JPEG."""
     model = model or default_classifier()
@@ -107,11 +125,7 @@ def analyze(pixels: np.ndarray, jpeg_bytes: bytes | None = None, model: Classifi
     scores = {t: float(p) for t, p in zip(ANALYSED_TYPES, probs)}
     m = measured.values
     sigma = m["noise_sigma"]
-    quality, source = m["jpeg_quality"], "pixels"
-    if jpeg_bytes is not None:
-        from_table = est.quality_from_jpeg_bytes(jpeg_bytes)
-        if from_table is not None:
-            quality, source = from_table, "quantisation table"
+    quality, source = _quality(m, jpeg_bytes)
 
     ranked = sorted(ANALYSED_TYPES, key=lambda t: -scores[t])
     if ranked[0] == "clean":
@@ -125,6 +139,4 @@ def analyze(pixels: np.ndarray, jpeg_bytes: bytes | None = None, model: Classifi
         found.append((Degradation(t, scores[t], params, scores[t] if severity < 0 else severity), detail))
     text = vocabulary.describe([(d.type, d.severity, detail) for d, detail in found])
     # Every physical estimate, detected or not: the restorer and the MLLM hint use them as is.
-    estimates = {"noise_sigma": sigma, "jpeg_quality": float(quality), "edge_width_px": m["edge_width"],
-                 "mean_luminance": m["exp_mean"], "transmission": m["haze_transmission"]}
-    return Analysis(tuple(d for d, _ in found), scores, text, estimates, dict(m), model.digest)
+    return Analysis(tuple(d for d, _ in found), scores, text, _estimates(m, quality), dict(m), model.digest)

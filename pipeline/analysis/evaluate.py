@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline import degrade
 from pipeline.analysis import describers
-from pipeline.analysis.analyze import analyze
+from pipeline.analysis.analyze import estimates
 from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier
 from pipeline.analysis.describers import Describer
 from pipeline.image_files import ImageError, images_in, load_rgb, read_bytes
@@ -204,10 +204,9 @@ class Report:
     predictions: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
-def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer],
-             model: Classifier | None = None) -> Report:
+def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer]) -> Report:
     """Run every describer on every sample; collect confusion counts and the σ and quality errors
-    of the analysis with ``model`` (default: the shipped classifier). A describer failing on one
+    of the analysis' estimates (no classifier takes part in those). A describer failing on one
     sample is recorded and counted as a miss."""
     tallies = {name: Tally.empty(ANALYSED_TYPES) for name in describers}
     errors: dict[str, list[float]] = {"sigma": [], "quality": []}
@@ -223,11 +222,11 @@ def evaluate(samples: Iterable[LabelledImage], describers: dict[str, Describer],
             tallies[name].add(s.types, predicted)
             predictions.append((s.name, "+".join(s.types), name, "+".join(predicted)))
         if s.params:
-            estimates = analyze(s.pixels, s.jpeg_bytes, model).estimates
+            found = estimates(s.pixels, s.jpeg_bytes)
             if "sigma" in s.params and "jpeg" not in s.types:
-                errors["sigma"].append(abs(estimates["noise_sigma"] - s.params["sigma"]))
+                errors["sigma"].append(abs(found["noise_sigma"] - s.params["sigma"]))
             if "quality" in s.params and "noise" not in s.types:
-                errors["quality"].append(abs(estimates["jpeg_quality"] - s.params["quality"]))
+                errors["quality"].append(abs(found["jpeg_quality"] - s.params["quality"]))
     return Report(tallies, errors, failures, predictions)
 
 
@@ -294,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as e:
         ap.error(str(e))
     try:
-        report = evaluate(samples, chosen, model)
+        report = evaluate(samples, chosen)
     except ImageError as e:
         raise SystemExit(f"cannot read an evaluation image: {e}") from e
     print(write(report, Path(args.out), title))
