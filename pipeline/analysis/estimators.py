@@ -375,7 +375,11 @@ _SIDE_NEIGHBOURS = np.array([[1, 0, 1]], np.uint8)
 
 @functools.cache
 def _line_kernel(angle_deg: float, length: int) -> np.ndarray:
-    """A one-pixel line of ``length`` taps, ``angle_deg`` from the vertical, averaging."""
+    """A one-pixel line of ``length`` taps, ``angle_deg`` from the vertical, averaging.
+
+    Not ``degrade.line_kernel``: that one is anti-aliased over a square box (blur should be
+    smooth), which would average a line's side pixels into it and costs twice as much per
+    filter pass (0.26 vs 0.14 ms on 512², ten passes per image)."""
     half = length // 2
     cols = np.rint(np.arange(-half, half + 1) * np.tan(np.radians(angle_deg))).astype(np.int64)
     reach = int(np.abs(cols).max())
