@@ -1,12 +1,14 @@
 """Prior extraction on Ray: a dataset manifest in, webdataset shards of prior samples out.
 
-    python -m pipeline.extract --manifest M.parquet --out DIR [--preset tiny|default|quality]
+    python -m pipeline.extract --manifest M.parquet --out DIR [--preset offline|tiny|default|quality]
                                [--config YAML] [--set stages.describer.num_gpus=1 ...] [--retry-failed]
     ray job submit --working-dir . -- python -m pipeline.extract --manifest ... --out /shared/priors
 
 The Ray Data graph: manifest rows → decode/validate (CPU tasks) → weight-free analysis (CPU) →
-degradation describer (MLLM) → captioner (MLLM) → reference synthesizer (diffusion) → CLIP
-embeddings → the driver, which gathers each shard's rows and writes the shard (pipeline.shards).
+degradation describer (MLLM) → captioner (MLLM) → reference synthesizer (diffusion) → embeddings
+(CLIP and/or a sentence encoder) → the driver, which gathers each shard's rows and writes the
+shard (pipeline.shards). A preset without an MLLM (``offline``) takes the analysis's sentence as
+the degradation text and has no caption; without a diffusion model there is no reference stage.
 With no cluster to join, ``ray.init`` starts a local one.
 
 Rerunning the same command skips complete shards; ``--retry-failed`` re-processes only the rows
@@ -97,11 +99,16 @@ def build_dataset(work: Work, config: ExtractConfig):
     s = config.stages
     ds = run(ds, stages.decode_batch, s.decode, False, max_pixels=config.max_pixels)
     ds = run(ds, stages.AnalysisStage, s.analysis, True)
-    ds = run(ds, stages.DescriberStage, s.describer, True, settings=models.mllm, use_hint=config.analysis_hint)
-    ds = run(ds, stages.CaptionerStage, s.captioner, True, settings=models.mllm)
-    if config.reference:
+    if models.mllm is not None:
+        ds = run(ds, stages.DescriberStage, s.describer, True, settings=models.mllm, use_hint=config.analysis_hint)
+        ds = run(ds, stages.CaptionerStage, s.captioner, True, settings=models.mllm)
+    else:
+        ds = run(ds, stages.analysis_text, s.describer, False)
+    if config.reference and models.diffusion is not None:
         ds = run(ds, stages.ReferenceStage, s.reference, True, settings=models.diffusion)
-    return run(ds, stages.ClipStage, s.clip, True, settings=models.clip)
+    if models.clip is None and models.text is None:
+        return ds
+    return run(ds, stages.EmbedStage, s.clip, True, models=models)
 
 
 def _provenance(row: dict, config_hash: str) -> dict:
@@ -131,7 +138,7 @@ def to_record(row: dict, config_hash: str) -> dict:
         pngs[GT] = row["gt_png"]
     if row.get("ref_png"):
         pngs[REF] = row["ref_png"]
-    return encode_record(meta, pngs, row["npz"] or None)
+    return encode_record(meta, pngs, row.get("npz") or None)
 
 
 @dataclass
@@ -166,9 +173,10 @@ def _finish_shard(out: Path, shard: int, rows: list[dict], work: Work, config_ha
         totals.stage_seconds[stage] += t
     first = next((r for r in rows if not r["error"]), None)
     extra = {"config_hash": config_hash, "stage_seconds": dict(seconds), "finished": time.time()}
-    if first is not None and first["npz"]:
+    if first is not None and first.get("npz"):
         with np.load(io.BytesIO(first["npz"]), allow_pickle=False) as z:
-            extra["embedding_dims"] = {"E": int(z["clip_image"].shape[0]), "W": int(z["caption_tokens"].shape[1])}
+            extra["embedding_dims"] = {"W": int(z["caption_tokens"].shape[1]),
+                                       **({"E": int(z["clip_image"].shape[0])} if "clip_image" in z.files else {})}
     if first is not None:
         extra["models"] = {stage: {"id": p["model"], "revision": p.get("revision"), "commit": p.get("resolved"),
                                    "class": p.get("class"), "dtype": p.get("dtype")}
@@ -222,8 +230,7 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
     all_stats = [shards.read_stats(out, i) for i in range(shard_count)]
     header = {"preset": config.preset, "config_hash": config_hash,
               "models": next((st["models"] for st in all_stats if "models" in st), {}),
-              "settings": {"mllm": models.mllm.model, "diffusion": models.diffusion.model,
-                           "clip": f"{models.clip.model}:{models.clip.pretrained}"},
+              "settings": models.settings_summary(),
               "embedding_dims": next((st["embedding_dims"] for st in all_stats if "embedding_dims" in st), {})}
     index = shards.write_index(out, Path(out).name, shard_count, header)
     print(summary(index, totals, elapsed, len(work.rows)))
@@ -250,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.extract", description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", required=True, help="dataset manifest parquet (pipeline.manifest)")
     ap.add_argument("--out", required=True, help="output folder for shards, status, stats and index.json")
-    ap.add_argument("--preset", default=None, help="model preset: tiny, default or quality (default: tiny)")
+    ap.add_argument("--preset", default=None,
+                    help="model preset: offline, tiny, default or quality (default: tiny; see pipeline/models/presets.py)")
     ap.add_argument("--config", default=None, help="YAML extraction config (see pipeline/extract_config.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. stages.describer.num_gpus=1 or models.mllm.max_new_tokens=32")

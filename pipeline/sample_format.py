@@ -48,6 +48,8 @@ EMBEDDINGS: dict[str, tuple[tuple[str, ...], str]] = {
     "degradation_tokens": (("T", "W"), "float16"),
     "degradation_length": ((), "int32"),
 }
+# Arrays a sample may lack: presets without CLIP (``offline``) have no image embedding.
+OPTIONAL_EMBEDDINGS = frozenset({"clip_image"})
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 MAX_KEY_LENGTH = 160
@@ -141,12 +143,14 @@ class Sample:
 
 def check_embeddings(embeddings: dict[str, np.ndarray], key: str) -> None:
     """Raise SampleFormatError unless the arrays match EMBEDDINGS (names, ranks, dtypes, sizes)."""
-    missing = sorted(EMBEDDINGS.keys() - embeddings.keys())
+    missing = sorted(EMBEDDINGS.keys() - embeddings.keys() - OPTIONAL_EMBEDDINGS)
     extra = sorted(embeddings.keys() - EMBEDDINGS.keys())
     if missing or extra:
         raise SampleFormatError(key, EMBEDDINGS_MEMBER, f"missing arrays {missing}, unexpected arrays {extra}")
     sizes: dict[str, int] = {"T": TOKEN_POSITIONS}
     for name, (dims, dtype) in EMBEDDINGS.items():
+        if name not in embeddings:
+            continue
         arr = embeddings[name]
         if arr.dtype != np.dtype(dtype) or arr.ndim != len(dims):
             raise SampleFormatError(key, EMBEDDINGS_MEMBER,

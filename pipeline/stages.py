@@ -202,23 +202,31 @@ class ReferenceStage:
                            convert=encode_png)
 
 
-class ClipStage:
-    """open_clip embeddings: the LQ image, and the caption's and degradation text's tokens."""
+def analysis_text(batch: Batch) -> Batch:
+    """The describer of presets without an MLLM: the degradation text is the analysis's sentence,
+    and there is no caption."""
+    start = time.perf_counter()
+    batch = _as_lists(batch)
+    n = len(batch["key"])
+    batch["degradation_text"] = [h if not e else "" for h, e in zip(batch["hint"], batch[ERROR])]
+    batch["caption"] = [""] * n
+    return _timed(batch, "describer", start)
 
-    def __init__(self, settings: Any) -> None:
-        from pipeline.models.clip import load_clip
 
-        self.model = load_clip(settings)
+class EmbedStage:
+    """The ``npz`` member: CLIP's image embedding (when the preset has CLIP) and the caption's and
+    degradation text's tokens (the preset's sentence encoder, else CLIP's text tower)."""
+
+    def __init__(self, models: Any) -> None:
+        from pipeline.models.embedder import Embedder
+
+        self.model = Embedder(models)
         self.provenance = json.dumps(self.model.provenance(), sort_keys=True)
 
     def _embed(self, batch: Batch, idx: list[int]) -> list[bytes]:
-        images = self.model.embed_images([_pixels(batch, "lq_png", i) for i in idx])
-        cap, cap_len = self.model.embed_text_tokens([batch["caption"][i] for i in idx])
-        deg, deg_len = self.model.embed_text_tokens([batch["degradation_text"][i] for i in idx])
-        return [encode_embeddings({
-            "clip_image": images[j], "caption_tokens": cap[j], "caption_length": np.int32(cap_len[j]),
-            "degradation_tokens": deg[j], "degradation_length": np.int32(deg_len[j]),
-        }, batch["key"][i]) for j, i in enumerate(idx)]
+        found = self.model.embed([_pixels(batch, "lq_png", i) for i in idx], [batch["caption"][i] for i in idx],
+                                 [batch["degradation_text"][i] for i in idx])
+        return [encode_embeddings(e, batch["key"][i]) for e, i in zip(found, idx)]
 
     def __call__(self, batch: Batch) -> Batch:
         return _model_step(batch, "clip", "npz", b"", self.provenance, self._embed)

