@@ -158,6 +158,37 @@ def defocus_blur(img: np.ndarray, rng: np.random.Generator, radius: float) -> tu
     return _u8(_convolve(_f(img), disk_kernel(radius))), {"radius": radius}
 
 
+def trajectory_kernel(rng: np.random.Generator, size: int, steps: int = 64, jitter: float = 0.6) -> np.ndarray:
+    """A camera-shake kernel: a random walk with inertia (a hand's path during the exposure),
+    splatted with bilinear weights onto ``size`` × ``size`` pixels and normalised. Straight lines
+    alone teach a deblurrer nothing about the curved, uneven paths of measured shake kernels."""
+    velocity = rng.normal(0.0, 1.0, 2)
+    velocity /= max(float(np.linalg.norm(velocity)), 1e-6)
+    path = np.zeros((steps, 2))
+    for i in range(1, steps):
+        velocity = velocity + rng.normal(0.0, jitter, 2)
+        velocity /= max(float(np.linalg.norm(velocity)), 1e-6)
+        path[i] = path[i - 1] + velocity
+    path -= path.mean(axis=0)
+    extent = float(np.abs(path).max())
+    path *= (size - 1) / 2 / max(extent, 1e-6) * rng.uniform(0.6, 1.0)
+    path += (size - 1) / 2
+    k = np.zeros((size, size), np.float32)
+    for y, x in path:
+        y0, x0 = int(np.floor(y)), int(np.floor(x))
+        fy, fx = y - y0, x - x0
+        for dy, dx, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+            if 0 <= y0 + dy < size and 0 <= x0 + dx < size:
+                k[y0 + dy, x0 + dx] += wgt
+    return k / k.sum()
+
+
+def shake_blur(img: np.ndarray, rng: np.random.Generator, size: float) -> tuple[np.ndarray, Params]:
+    """Camera-shake blur with a random trajectory kernel of about ``size`` pixels."""
+    side = int(round(size)) | 1
+    return _u8(_convolve(_f(img), trajectory_kernel(rng, side))), {"size": side}
+
+
 def kernel_blur(img: np.ndarray, rng: np.random.Generator, kernels: str, name: str = "") -> tuple[np.ndarray, Params]:
     """Blur with a measured kernel from an npz of 2-D kernels (e.g. Levin09 and the 12 standard
     motion kernels); ``name`` picks one, else one is drawn from the seed."""
@@ -225,6 +256,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("motion-blur", "blur", motion_blur, {"length": (7.0, 25.0), "angle": (0.0, 180.0)}),
     Kind("defocus-blur", "blur", defocus_blur, {"radius": (2.0, 6.0)}),
     Kind("kernel-blur", "blur", kernel_blur, {}),
+    Kind("shake-blur", "blur", shake_blur, {"size": (9.0, 31.0)}),
     Kind("low-light", "low-light", low_light, {"gamma": (1.5, 2.5), "scale": (0.08, 0.35), "sigma": (1.0, 6.0)}),
     Kind("camera-noise", "noise", camera_noise, {"photons": (30.0, 300.0), "read_sigma": (1.0, 6.0)}),
     Kind("sensor-noise", "noise", sensor_noise, {"sigma": (4.0, 30.0), "correlation": (0.5, 1.2),

@@ -21,7 +21,9 @@ C = TypeVar("C")
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
     """Turn command-line strings into the field's type; anything else must already have it."""
-    args = typing.get_args(hint)
+    # tuple[str, ...] and dict[str, float] are checked as tuple and dict (their arguments are
+    # element types, not alternatives); Optional/Union arguments are alternatives.
+    args = typing.get_args(hint) if typing.get_origin(hint) not in (tuple, dict) else ()
     allowed = tuple(a for a in args if a is not type(None)) if args else (hint,)
     allowed = tuple(typing.get_origin(a) or a for a in allowed)
     if value is None:

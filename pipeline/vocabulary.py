@@ -45,9 +45,9 @@ TASKS: tuple[str, ...] = tuple(dict.fromkeys(TASK_OF_TYPE.values()))
 # longest phrase first, so "raindrops" is not read as "rain".
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "clean": ("clean", "no degradation", "high quality", "sharp and clear", "pristine"),
-    "noise": ("noise", "noisy", "grain", "grainy", "speckle", "speckled", "sensor noise"),
+    "noise": ("noise", "noisy", "denoise", "denoising", "grain", "grainy", "speckle", "speckled", "sensor noise"),
     "blur": (
-        "blur", "blurry", "blurred", "blurring", "out of focus", "defocus", "defocused",
+        "blur", "blurry", "blurred", "blurring", "deblur", "deblurring", "out of focus", "defocus", "defocused",
         "motion blur", "shaky", "unsharp", "soft focus",
     ),
     "jpeg": (
@@ -58,12 +58,41 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
         "low light", "low-light", "lowlight", "dark", "darkness", "underexposed",
         "under-exposed", "dim", "dimly lit", "night", "poorly lit",
     ),
-    "haze": ("haze", "hazy", "fog", "foggy", "mist", "misty", "smog", "smoggy"),
-    "rain": ("rain", "rainy", "raining", "rain streaks", "streaks", "rainfall"),
-    "snow": ("snow", "snowy", "snowing", "snowflakes", "snowfall"),
+    "haze": ("haze", "hazy", "dehaze", "dehazing", "fog", "foggy", "mist", "misty", "smog", "smoggy"),
+    "rain": ("rain", "rainy", "derain", "deraining", "raining", "rain streaks", "streaks", "rainfall"),
+    "snow": ("snow", "snowy", "desnow", "desnowing", "snowing", "snowflakes", "snowfall"),
     "raindrop": ("raindrop", "raindrops", "water droplets", "droplets", "drops on the lens"),
     "shadow": ("shadow", "shadows", "shadowed"),
     "inpainting": ("missing region", "missing regions", "masked", "holes", "occluded", "incomplete"),
+}
+
+# What users type to ask for each restoration, InstructIR-style. Training shows the restorer these
+# in place of the analysis's sentence now and then, so typed guidance works; the sentence encoder
+# places unseen wordings near them. HELD_OUT_INSTRUCTIONS never enter training: they measure how
+# well guidance by words the model has not seen matches automatic restoration.
+INSTRUCTIONS: dict[str, tuple[str, ...]] = {
+    "noise": ("remove the noise", "denoise this image", "get rid of the grain", "clean up this noisy photo",
+              "reduce the noise please", "this picture is grainy, fix it"),
+    "blur": ("deblur this photo", "make it sharp", "remove the blur", "fix this blurry picture",
+             "sharpen the image", "undo the camera shake"),
+    "jpeg": ("remove the compression artifacts", "fix the blocky jpeg", "clean up the jpeg artifacts",
+             "undo the compression", "remove the blockiness"),
+    "low-light": ("brighten this dark photo", "make it brighter", "fix the underexposure",
+                  "the image is too dark, enhance it", "lighten the picture"),
+    "haze": ("remove the haze", "dehaze this image", "clear the fog", "make the hazy scene clear",
+             "remove the mist"),
+    "rain": ("remove the rain", "derain this photo", "get rid of the rain streaks",
+             "clear the rain from the picture"),
+    "snow": ("remove the snow", "get rid of the snowflakes", "desnow this image", "clear the falling snow"),
+}
+HELD_OUT_INSTRUCTIONS: dict[str, str] = {
+    "noise": "my photo has speckles all over it, please smooth them away",
+    "blur": "the shot came out soft and smeared, bring back crisp edges",
+    "jpeg": "it was saved with a tiny file size and looks chunky, restore the detail",
+    "low-light": "it was shot at night and is barely visible",
+    "haze": "there is fog everywhere, make the view crisp",
+    "rain": "water streaks from the storm cover the scene",
+    "snow": "flakes are falling in front of everything",
 }
 
 # Adjectives for a severity in [0, 1]; the bounds are the upper edges of each band.

@@ -1,4 +1,4 @@
-"""Prior shards streamed into restorer batches, with webdataset, exactly resumable.
+"""Prior shards and on-the-fly synthetic pairs streamed into restorer batches, exactly resumable.
 
 ``--shards`` (SPEC) may be a brace pattern of local tars (``out/{000000..000003}.tar``), an
 extraction's ``index.json``, a published-set manifest (path or URL; its shards are fetched and
@@ -15,7 +15,13 @@ stream is a pure function of those numbers. Each batch carries its worker's posi
 raw records read, batches made); the trainer saves the positions and a resumed run skips raw
 records, without decoding them, to continue exactly where it stopped.
 
-Augmentation: one random crop, horizontal flip and rotation by a multiple of 90° applied alike
+Beside (or instead of) shards, the stream can degrade clean photos on the fly
+(``restore.synthesis``): each example of an epoch is a *draw*, taken from the shards with
+probability ``shard_share`` and synthesised otherwise, so every batch mixes tasks by their
+weights. A synthetic example is a pure function of (seed, rank, logical worker, epoch, draw);
+positions count draws too, so a resumed stream replays both sources exactly.
+
+Augmentation of shard samples: one random crop, horizontal flip and rotation by a multiple of 90° applied alike
 to LQ, GT and the reference. The reference (rendered at the diffusion model's resolution) is
 first *resized to the LQ image's size*, the way tiled inference treats it, then cropped with
 the same window, so a crop sees the matching part of the reference.
@@ -41,6 +47,7 @@ import cv2
 import numpy as np
 import torch
 import webdataset as wds
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
@@ -56,6 +63,7 @@ from pipeline.sample_format import (
 from pipeline.shards import INDEX
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore.model.priors import PRIOR_NAMES, Priors
+from restore.synthesis import SynthesisConfig, Synthesizer
 
 log = logging.getLogger("lmdir.data")
 
@@ -194,8 +202,10 @@ def prior_arrays(sample: Sample, token_width: int, clip_width: int) -> dict[str,
     """
     out: dict[str, np.ndarray] = {}
     emb = sample.embeddings
+    has_image = emb is not None and "clip_image" in emb
     if emb is not None:
-        width, e_width = emb["caption_tokens"].shape[1], emb["clip_image"].shape[0]
+        width = emb["caption_tokens"].shape[1]
+        e_width = emb["clip_image"].shape[0] if has_image else clip_width
         if (width, e_width) != (token_width, clip_width):
             raise SampleFormatError(sample.key, "npz", f"embeddings are W={width}, E={e_width}; the restorer "
                                                        f"expects W={token_width}, E={clip_width}")
@@ -207,9 +217,9 @@ def prior_arrays(sample: Sample, token_width: int, clip_width: int) -> dict[str,
         out[f"{text}_tokens"] = tokens
         out[f"{text}_mask"] = positions < length
         out[f"present_{text}_tokens"] = np.bool_(length > 0)
-    out["clip_image"] = (emb["clip_image"].astype(np.float32) if emb is not None
+    out["clip_image"] = (emb["clip_image"].astype(np.float32) if has_image
                          else np.zeros(clip_width, np.float32))
-    out["present_clip_image"] = np.bool_(emb is not None)
+    out["present_clip_image"] = np.bool_(has_image)
     vector = (sample.meta.analysis or {}).get("vector")
     if vector is not None and len(vector) != len(DEGRADATION_TYPES):
         raise SampleFormatError(sample.key, META, f"analysis vector has {len(vector)} entries, the vocabulary "
@@ -293,11 +303,13 @@ def sample_priors(sample: Sample, token_width: int, clip_width: int, use_referen
 
 @dataclass(frozen=True)
 class Position:
-    """Where a logical worker's stream stands: epoch, raw records read and batches made in it."""
+    """Where a logical worker's stream stands: epoch, raw shard records read, batches made and
+    examples drawn (from shards or synthesis) in it."""
 
     epoch: int = 0
     raw: int = 0
     batches: int = 0
+    draws: int = 0
 
 
 @dataclass(frozen=True)
@@ -314,6 +326,8 @@ class StreamConfig:
     seed: int = 0
     split: str | None = "train"
     resampled: bool = True
+    synthesis: SynthesisConfig | None = None  # degrade clean photos on the fly (restore.synthesis)
+    shard_share: float = 1.0  # with both sources: the share of examples taken from the shards
 
 
 def _split_of(record: dict[str, Any]) -> str | None:
@@ -323,12 +337,26 @@ def _split_of(record: dict[str, Any]) -> str | None:
         return None  # decode_sample reports the real problem
 
 
+# Seed tags that keep a draw's source choice and its synthetic sample apart from shard seeds.
+_SOURCE_TAG, _SYNTH_TAG = 1, 2
+
+
+def synthetic_example(sample: Sample, token_width: int, clip_width: int) -> dict[str, np.ndarray]:
+    """A synthesised crop (already cropped and augmented before it was degraded) as arrays."""
+    example = {"lq": to_chw(sample.lq), "gt": to_chw(sample.gt), **prior_arrays(sample, token_width, clip_width)}
+    example["reference"] = np.zeros_like(example["lq"])
+    example["present_reference"] = np.bool_(False)
+    return example
+
+
 class TrainStream(IterableDataset):
     """The batches of one rank: an infinite sequence of epochs per logical worker.
 
-    ``start[w]`` is the Position logical worker ``w`` resumes from; DataLoader worker ``i``
-    plays logical worker ``(i + rotation) % workers``, so a resumed DataLoader, which asks its
-    workers in turn starting with worker 0, continues the global batch order.
+    Each example of an epoch is a *draw*: from the shards, or from the synthesiser, chosen by a
+    seed of (epoch, draw), so tasks mix inside every batch by their weights. ``start[w]`` is the
+    Position logical worker ``w`` resumes from; DataLoader worker ``i`` plays logical worker
+    ``(i + rotation) % workers``, so a resumed DataLoader, which asks its workers in turn
+    starting with worker 0, continues the global batch order.
     """
 
     def __init__(self, config: StreamConfig, rank: int, world: int, workers: int, start: tuple[Position, ...],
@@ -336,6 +364,8 @@ class TrainStream(IterableDataset):
         super().__init__()
         if len(start) != workers:
             raise ValueError(f"need one start position per logical worker ({workers}), got {len(start)}")
+        if not config.urls and config.synthesis is None:
+            raise ValueError("the training stream needs shards, synthesis, or both")
         self.config, self.rank, self.world, self.workers = config, rank, world, workers
         self.start, self.rotation = start, rotation
 
@@ -353,6 +383,41 @@ class TrainStream(IterableDataset):
             rng.shuffle(mine)
             yield from ({"url": u} for u in mine)
 
+    def _shard_examples(self, logical: int, epoch_seed: int, start_raw: int,
+                        skips: SkipCounter) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """(example, raw records read so far) from this epoch's shard records, past ``start_raw``."""
+        c = self.config
+        rng = random.Random(epoch_seed)
+        records = tarfile_samples(self._shards(logical, rng), handler=skips)
+        records = wds.shuffle(c.shuffle_buffer, min(c.shuffle_buffer, 64), rng=rng)(iter(records))
+        raw = other_split = 0
+        for record in records:
+            raw += 1
+            if raw <= start_raw:
+                continue  # read before a resume: skipped without decoding
+            if c.split is not None and _split_of(record) not in (c.split, None):
+                other_split += 1
+                if other_split > BARREN_LIMIT:
+                    raise RuntimeError(f"rank {self.rank} worker {logical}: {BARREN_LIMIT} samples in a row "
+                                       f"are not in split {c.split!r}; check --shards and the split")
+                continue
+            try:
+                sample = decode_sample(record)
+                example = training_example(sample, c.crop, np.random.default_rng(stream_seed(epoch_seed, raw)),
+                                           c.token_width, c.clip_width)
+            except (SampleFormatError, ValueError) as e:
+                skips(e)
+                continue
+            skips.reset()
+            other_split = 0
+            yield example, raw
+
+    def _from_shards(self, epoch_seed: int, draw: int) -> bool:
+        c = self.config
+        if c.synthesis is None or not c.urls:
+            return bool(c.urls)
+        return np.random.default_rng(stream_seed(epoch_seed, _SOURCE_TAG, draw)).random() < c.shard_share
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
@@ -360,39 +425,32 @@ class TrainStream(IterableDataset):
         skips = SkipCounter(f"rank {self.rank} worker {logical}", limit=BARREN_LIMIT)
         position = self.start[logical]
         c = self.config
-        other_split = 0
+        synthesizer = Synthesizer(c.synthesis) if c.synthesis is not None else None
         while True:
             epoch_seed = stream_seed(c.seed, self.rank, logical, position.epoch)
-            rng = random.Random(epoch_seed)
-            records = tarfile_samples(self._shards(logical, rng), handler=skips)
-            records = wds.shuffle(c.shuffle_buffer, min(c.shuffle_buffer, 64), rng=rng)(iter(records))
-            examples, raw, batches = [], 0, position.batches
-            for record in records:
-                raw += 1
-                if raw <= position.raw:
-                    continue  # read before a resume: skipped without decoding
-                if c.split is not None and _split_of(record) not in (c.split, None):
-                    other_split += 1
-                    if other_split > BARREN_LIMIT:
-                        raise RuntimeError(f"rank {self.rank} worker {logical}: {BARREN_LIMIT} samples in a row "
-                                           f"are not in split {c.split!r}; check --shards and the split")
-                    continue
-                try:
-                    sample = decode_sample(record)
-                    examples.append(training_example(sample, c.crop, np.random.default_rng(
-                        stream_seed(epoch_seed, raw)), c.token_width, c.clip_width))
-                except (SampleFormatError, ValueError) as e:
-                    skips(e)
-                    continue
-                skips.reset()
-                other_split = 0
+            shard_examples = (self._shard_examples(logical, epoch_seed, position.raw, skips) if c.urls else None)
+            examples, raw, batches, draws = [], position.raw, position.batches, position.draws
+            while True:
+                draws += 1
+                if self._from_shards(epoch_seed, draw=draws):
+                    example, raw = next(shard_examples)
+                else:
+                    try:
+                        sample = synthesizer.sample(stream_seed(epoch_seed, _SYNTH_TAG, draws), c.crop)
+                        example = synthetic_example(sample, c.token_width, c.clip_width)
+                    except (SampleFormatError, ValueError) as e:
+                        skips(e)
+                        continue
+                    skips.reset()
+                examples.append(example)
                 if len(examples) == c.batch_size:
                     batches += 1
                     done = batches == c.batches_per_epoch
                     batch = collate(examples)
                     examples = []
-                    following = Position(position.epoch + 1) if done else Position(position.epoch, raw, batches)
-                    batch["position"] = torch.tensor([logical, following.epoch, following.raw, following.batches])
+                    following = Position(position.epoch + 1) if done else Position(position.epoch, raw, batches, draws)
+                    batch["position"] = torch.tensor([logical, following.epoch, following.raw, following.batches,
+                                                      following.draws])
                     batch["skipped"] = torch.tensor([logical, skips.count])
                     yield batch
                     if done:
@@ -406,10 +464,12 @@ def batches_per_epoch(samples: int, batch_size: int, world: int, workers: int) -
 
 
 def _single_threaded(_: int) -> None:
-    # Workers decode and crop with numpy and OpenCV; thread pools of their own in every worker
-    # would compete with the training process for the same cores.
+    # Workers decode, crop, degrade and analyse with numpy, OpenCV and BLAS; thread pools of their
+    # own in every worker would compete with the training process for the same cores (measured:
+    # an unpinned worker spun two cores and took 80 ms per synthetic sample instead of 30).
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    threadpool_limits(1)
 
 
 def train_loader(config: StreamConfig, rank: int, world: int, workers: int, start: tuple[Position, ...],
@@ -447,11 +507,13 @@ def read_samples(urls: tuple[str, ...] | list[str], split: str | None = None, li
 
 
 def peek_dims(urls: tuple[str, ...]) -> dict[str, int]:
-    """Embedding widths {"E", "W"} of the first sample with embeddings (empty if none has any)."""
+    """Embedding widths {"W"[, "E"]} of the first sample with embeddings (empty if none has any;
+    no "E" without a CLIP image embedding)."""
     for sample in read_samples(urls[:4]):
         if sample.embeddings is not None:
-            return {"E": int(sample.embeddings["clip_image"].shape[0]),
-                    "W": int(sample.embeddings["caption_tokens"].shape[1])}
+            emb = sample.embeddings
+            return {"W": int(emb["caption_tokens"].shape[1]),
+                    **({"E": int(emb["clip_image"].shape[0])} if "clip_image" in emb else {})}
     return {}
 
 

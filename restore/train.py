@@ -2,10 +2,14 @@
 
     python -m restore.train --shards SPEC [--val-shards SPEC] [--config YAML] [--out RUN] [--resume]
                             [--set lr=1e-3 --set model_overrides.dim=16 ...]
+    python -m restore.train --config restore/recipes/lmdir_cpu.yaml      # clean photos, degraded on the fly
     torchrun --nproc_per_node 8 -m restore.train --shards /data/priors/index.json --config base.yaml
 
 SPEC is a brace pattern of local tars, an extraction's index.json, a published-set manifest or
-http(s) URLs (restore.data). The priors come from the shards; nothing is recomputed. Under
+http(s) URLs (restore.data); shard priors come from the shards, nothing is recomputed. The
+``synthesis`` section adds clean photo folders degraded on the fly (restore.synthesis), whose
+priors the loader workers compute from each degraded crop; with both, ``shard_share`` of the
+examples come from the shards and every batch mixes the two. Under
 torchrun each process is one rank (NCCL on GPUs, gloo on the CPU); without it the same code runs
 as a single rank. Every random choice derives from the seed, the rank and the position in the
 data, and a checkpoint holds all of it, so ``--resume`` continues a killed run exactly where its
@@ -41,6 +45,8 @@ from pipeline import typed_config
 from restore import checkpoint, data
 from restore.data import Position
 from restore.model import Restorer, RestorerConfig, drop_priors, preset
+from restore.priors_online import OnlinePriors
+from restore.synthesis import SynthesisConfig, list_photos, validation_samples
 from restore.validate import autocast, plot_curve, validate
 
 
@@ -55,7 +61,11 @@ class TrainConfig:
     model: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     split: str | None = "train"  # train on samples of this split only (None: all)
-    val_split: str | None = "test"
+    # Validation (and so the "best" checkpoint) uses this split of the shards, or of --val-shards;
+    # never a test split. With synthesis and no val shards: the synthesis's validation photos.
+    val_split: str | None = "val"
+    synthesis: SynthesisConfig = SynthesisConfig()
+    shard_share: float = 0.5  # with shards and synthesis: share of examples from the shards
     # Data stream (restore.data).
     crop: int = 128
     batch_size: int = 8  # per rank and optimizer micro-step
@@ -96,7 +106,8 @@ class TrainConfig:
     keep: int = 3
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Through JSON: tuples become lists, which YAML and the checkpoint's JSON both take.
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 def load_config(path: str | None = None, sets: Mapping[str, str] | None = None, **fields: Any) -> TrainConfig:
@@ -170,6 +181,27 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
+# Epochs only reseed the stream; with synthesis an epoch draws this many crops per photo.
+SYNTHETIC_PER_PHOTO = 16
+
+
+def prior_widths(source: data.ShardSource, online: OnlinePriors | None) -> dict[str, int]:
+    """The restorer's token and CLIP widths, from the shards and from the on-the-fly priors; they
+    must agree when both give one."""
+    widths = {}
+    dims = source.embedding_dims
+    if "W" in dims:
+        widths["token_width"] = dims["W"]
+    if "E" in dims:
+        widths["clip_width"] = dims["E"]
+    if online is not None and online.embedder is not None and online.embedder.active:
+        width = online.embedder.token_dim
+        if widths.setdefault("token_width", width) != width:
+            raise ValueError(f"shard text tokens are {widths['token_width']} wide, the synthesis preset "
+                             f"{online.preset!r} makes {width}: extract the shards with the same preset")
+    return widths
+
+
 def restorer_config(config: TrainConfig, widths: Mapping[str, int]) -> RestorerConfig:
     """The preset with the data's prior widths, then ``model_overrides`` (strings read as each
     field's type, YAML lists as tuples)."""
@@ -191,7 +223,7 @@ def _save(config: TrainConfig, env: Distributed, run: Path, raw: nn.Module, ema:
           optimizer: torch.optim.Optimizer, progress: Progress, dropout_rng: torch.Generator,
           prior_preset: str | None, best: bool) -> None:
     """Gather every rank's data position and dropout RNG, then rank 0 writes the checkpoint."""
-    positions = torch.tensor([[p.epoch, p.raw, p.batches] for p in progress.positions], dtype=torch.long)
+    positions = torch.tensor([[p.epoch, p.raw, p.batches, p.draws] for p in progress.positions], dtype=torch.long)
     all_positions = _gather(positions, env)
     all_rng = _gather(dropout_rng.get_state(), env)
     if not env.main:
@@ -264,14 +296,24 @@ def fit(config: TrainConfig, resume: bool = False,
     ``on_step(step, logs)`` is called on every rank after each optimizer step (and any
     validation or checkpoint of that step), with this step's loss and lr.
     """
+    if config.val_split == "test":
+        # The best checkpoint is chosen by validation: choosing it on test data would report a
+        # test score that the test data helped select.
+        raise ValueError("val_split 'test': validate (and choose the best checkpoint) on a validation "
+                         "split, never on a test split; use --val-shards or a 'val' split")
     env = setup_distributed(config.device)
     if env.device.type == "cpu":
         share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(config.threads or max(1, share - config.workers))
     run = Path(config.out)
-    source = data.with_dims(data.resolve(config.shards))
-    dims = source.embedding_dims
-    widths = {"token_width": dims["W"], "clip_width": dims["E"]} if dims else {}
+    synthesis = config.synthesis if config.synthesis.enabled else None
+    source = data.with_dims(data.resolve(config.shards)) if config.shards else data.ShardSource(())
+    online = None
+    if synthesis is not None:
+        synthesis.check()
+        online = OnlinePriors(synthesis.prior_preset)
+    widths = prior_widths(source, online)
+    prior_preset = source.prior_preset or (synthesis.prior_preset if synthesis else None)
     model_config = restorer_config(config, widths)
     torch.manual_seed(config.seed)
     raw = Restorer(model_config).to(env.device)
@@ -301,26 +343,31 @@ def fit(config: TrainConfig, resume: bool = False,
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.yaml").write_text(yaml.safe_dump(
             {**config.to_dict(), "resolved_model": model_config.to_dict(), "world_size": env.world,
-             "prior_preset": source.prior_preset, "shard_count": len(source.urls), "samples": source.samples},
+             "prior_preset": prior_preset, "shard_count": len(source.urls), "samples": source.samples},
             sort_keys=False))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run / "tb"))
-        val_source = data.resolve(config.val_shards) if config.val_shards else source
-        val_samples = [s for s in data.read_samples(val_source.urls, config.val_split, config.val_samples)
-                       if s.gt is not None]
+        if config.val_shards or (source.urls and online is None):
+            val_source = data.resolve(config.val_shards) if config.val_shards else source
+            val_samples = [s for s in data.read_samples(val_source.urls, config.val_split, config.val_samples)
+                           if s.gt is not None]
+        else:
+            val_samples = validation_samples(synthesis, online)
         if not val_samples:
             print(f"no validation samples with GT (split {config.val_split!r}); validation is skipped",
                   file=sys.stderr)
 
-    samples_per_epoch = config.samples_per_epoch or source.samples
+    samples_per_epoch = config.samples_per_epoch or (
+        (source.samples or 0) + (len(list_photos(synthesis.photos, False)) * SYNTHETIC_PER_PHOTO if synthesis else 0))
     if not samples_per_epoch:
         raise ValueError(f"--shards {config.shards}: no index gives sample counts; set samples_per_epoch")
     stream = data.StreamConfig(
         urls=source.urls, crop=config.crop, batch_size=config.batch_size,
         batches_per_epoch=data.batches_per_epoch(samples_per_epoch, config.batch_size, env.world, workers),
         token_width=model_config.token_width, clip_width=model_config.clip_width,
-        shuffle_buffer=config.shuffle_buffer, seed=config.seed, split=config.split, resampled=config.resampled)
+        shuffle_buffer=config.shuffle_buffer, seed=config.seed, split=config.split, resampled=config.resampled,
+        synthesis=synthesis, shard_share=config.shard_share)
     loader = data.train_loader(stream, env.rank, env.world, config.workers, tuple(progress.positions),
                                rotation=progress.batches % workers, pin_memory=env.device.type == "cuda")
     model: nn.Module = raw
@@ -393,7 +440,7 @@ def fit(config: TrainConfig, resume: bool = False,
             dist.broadcast(flag, 0)
             best = bool(flag.item())
         if progress.step % config.save_every == 0 or final or best:
-            _save(config, env, run, raw, ema, optimizer, progress, dropout_rng, source.prior_preset, best)
+            _save(config, env, run, raw, ema, optimizer, progress, dropout_rng, prior_preset, best)
         if on_step is not None:
             on_step(progress.step, logs)
     bar.close()
@@ -427,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, typed_config.parse_sets(args.set), **fields)
     except ValueError as e:
         ap.error(str(e))
-    if not config.shards:
-        ap.error("--shards is required (or shards: in the --config file)")
+    if not config.shards and not config.synthesis.enabled:
+        ap.error("--shards is required (or shards: or synthesis: in the --config file)")
     run = train(config, args.resume)
     print(f"run folder: {run}")
     return 0

@@ -29,13 +29,14 @@ def pattern(size: int, phase: float) -> np.ndarray:
     return np.rint(rgb * 255).astype(np.uint8)
 
 
-def make_sample(key: str, index: int, size: int = 40, split: str = "train", reference: bool = True) -> Sample:
+def make_sample(key: str, index: int, size: int = 40, split: str = "train", reference: bool = True,
+                width: int = WIDTH) -> Sample:
     """A noisy/clean pair with embeddings, an analysis vector and (optionally) a half-size reference."""
     rng = np.random.default_rng(index)
     gt = pattern(size, index * 0.7)
     lq = apply(gt, "noise:sigma=25", seed=index)[0]
     length = 3 + index % 5
-    tokens = rng.standard_normal((TOKEN_POSITIONS, WIDTH)).astype(np.float16)
+    tokens = rng.standard_normal((TOKEN_POSITIONS, width)).astype(np.float16)
     tokens[length:] = 0
     embeddings = {"clip_image": rng.standard_normal(WIDTH).astype(np.float16),
                   "caption_tokens": tokens, "caption_length": np.int32(length),
@@ -49,21 +50,23 @@ def make_sample(key: str, index: int, size: int = 40, split: str = "train", refe
     return Sample(meta=meta, lq=lq, gt=gt, ref=ref, embeddings=embeddings)
 
 
-def write_shards(out: Path, shards: int = 2, per_shard: int = 4, test_samples: int = 0) -> Path:
-    """Shards of make_sample records (the last ``test_samples`` in split "test") and index.json."""
+def write_shards(out: Path, shards: int = 2, per_shard: int = 4, test_samples: int = 0, width: int = WIDTH,
+                 held_out: str = "test") -> Path:
+    """Shards of make_sample records (the last ``test_samples`` in split ``held_out``; text tokens
+    ``width`` wide, CLIP image embeddings WIDTH wide) and index.json."""
     out.mkdir(parents=True, exist_ok=True)
     index = 0
     for shard in range(shards):
         records, status = [], []
         for _ in range(per_shard):
             total = shards * per_shard
-            split = "test" if index >= total - test_samples else "train"
+            split = held_out if index >= total - test_samples else "train"
             key = f"s{index:04d}"
-            records.append(encode_sample(make_sample(key, index, split=split, reference=index % 3 != 2)))
+            records.append(encode_sample(make_sample(key, index, split=split, reference=index % 3 != 2, width=width)))
             status.append(shard_files.StatusRow(key, shard, "ok"))
             index += 1
         shard_files.write_shard(out, shard, records, status, {})
-    shard_files.write_index(out, "patterns", shards, {"preset": None, "embedding_dims": {"E": WIDTH, "W": WIDTH}})
+    shard_files.write_index(out, "patterns", shards, {"preset": None, "embedding_dims": {"E": WIDTH, "W": width}})
     return out / shard_files.INDEX
 
 

@@ -31,7 +31,7 @@ def config_for(index: Path, out: Path, **changes) -> train.TrainConfig:
 
 @pytest.fixture(scope="module")
 def shard_index(tmp_path_factory) -> Path:
-    return write_shards(tmp_path_factory.mktemp("shards"), shards=2, per_shard=5, test_samples=2)
+    return write_shards(tmp_path_factory.mktemp("shards"), shards=2, per_shard=5, test_samples=2, held_out="val")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,6 +100,11 @@ def test_two_gloo_ranks_stay_equal(shard_index, tmp_path):
     assert moved > 10  # they trained, and in step
     state = checkpoint.read_state(tmp_path / "ddp" / "checkpoints" / "last")
     assert state["world"] == 2 and len(state["positions"]) == 2 and state["samples_seen"] == 3 * 2 * 2
+
+
+def test_validation_never_uses_a_test_split(shard_index, tmp_path):
+    with pytest.raises(ValueError, match="never on a test split"):
+        train.fit(config_for(shard_index, tmp_path / "run", val_split="test"))
 
 
 def test_learning_rate_warms_up_then_follows_the_cosine():
