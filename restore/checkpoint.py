@@ -30,6 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+# The checkpoint that ships inside the package (fp16 weights, restore.export writes it): what
+# restore.infer, restore.evaluate and the demo use when no --checkpoint is given.
+SHIPPED = Path(__file__).resolve().parent / "weights" / "lmdir-cpu"
+
 RAW = "raw.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE_TENSORS = "training_state.safetensors"

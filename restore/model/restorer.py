@@ -154,22 +154,38 @@ class Restorer(nn.Module):
             x = self.reference_blocks[level](x, encoded.reference[REFERENCE_LEVELS.index(level)])
         return x
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json and model.safetensors into ``directory`` (each atomically)."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json and model.safetensors into ``directory`` (each atomically).
+
+        ``dtype`` stores the floating-point weights in that type (``torch.float16``: the shipped
+        form, half the bytes; from_pretrained casts them back); a weight it cannot represent
+        (fp16 overflows beyond 65504) is an error, not an inf on disk.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if dtype is not None:
+            for name, value in state.items():
+                if value.is_floating_point():
+                    state[name] = value.to(dtype)
+                    if not torch.isfinite(state[name]).all() and torch.isfinite(value).all():
+                        raise ValueError(f"weight {name} does not fit in {dtype} (largest magnitude "
+                                         f"{value.abs().max().item():.4g})")
         config_tmp = directory / (CONFIG_FILE + ".tmp")
         config_tmp.write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
         os.replace(config_tmp, directory / CONFIG_FILE)
         weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(weights_tmp), metadata={"format": "pt", "model": "lmdir-restorer"})
         os.replace(weights_tmp, directory / WEIGHTS_FILE)
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Restorer:
-        """Load a restorer written by save_pretrained; errors name the file and the problem."""
+        """Load a restorer written by save_pretrained; errors name the file and the problem.
+
+        The model is float32 whatever the file stores: fp16 weights (the shipped checkpoint,
+        restore.export) are cast up on load.
+        """
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
@@ -186,6 +202,7 @@ class Restorer(nn.Module):
             state = load_file(str(weights_path), device=str(device))
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{weights_path}: not a readable safetensors file: {e}") from e
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as e:  # a tensor of the wrong shape
