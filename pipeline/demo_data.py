@@ -1,7 +1,9 @@
-"""The embedded default dataset: real photos shipped with scikit-image, degraded with every type.
+"""The embedded default dataset: real photos shipped with scikit-image (and matplotlib's one photo),
+degraded with every type.
 
-Built offline in seconds, so the demo and the tests have real (if few) photos to restore. Train and
-held-out tiles come from *different* photos, so held-out scores are not memorised scenes.
+Built offline in seconds, so the demo and the tests have real (if few) photos to restore. Train,
+validation and held-out (test) tiles come from *different* photos: validation, which picks the
+trainer's best checkpoint, sees no test photo, and held-out scores are not memorised scenes.
 
     python -m pipeline.demo_data --out demo_out/data
 """
@@ -20,10 +22,14 @@ import skimage.data
 from pipeline import manifest
 from pipeline.image_files import save_png
 
-# skimage.data photos that ship inside the package (no download).
+# skimage.data photos that ship inside the package (no download). ``cat`` is not among them: it is
+# the very photo ``chelsea`` is, a held-out one.
 TRAIN_PHOTOS = ("astronaut", "rocket", "stereo_motorcycle", "hubble_deep_field", "immunohistochemistry",
-                "retina", "camera", "cat")
+                "retina", "camera")
+VAL_PHOTOS = ("grace_hopper", "coins")
 HELD_OUT_PHOTOS = ("coffee", "chelsea")
+# Photos that matplotlib installs with its sample data.
+MATPLOTLIB_PHOTOS = {"grace_hopper": "grace_hopper.jpg"}
 # One spec per canonical type the synthesis covers; ranges give each tile its own strength.
 DEMO_SPECS = ("noise:sigma=15..50", "motion-blur:length=7..15", "jpeg:quality=10..30", "low-light",
               "haze:beta=1.0..2.0", "rain", "snow")
@@ -34,11 +40,19 @@ class DemoConfig:
     out: str = "demo_out/data"
     tile: int = 96
     train_tiles_per_photo: int = 4
+    val_tiles_per_photo: int = 2
     held_out_tiles_per_photo: int = 2
     specs: tuple[str, ...] = DEMO_SPECS
 
 
-def _photo(name: str) -> np.ndarray:
+def photo(name: str) -> np.ndarray:
+    """A demo photo by name, as uint8 RGB (grey photos repeated over three channels)."""
+    if name in MATPLOTLIB_PHOTOS:
+        import matplotlib.cbook
+        from PIL import Image
+
+        with Image.open(matplotlib.cbook.get_sample_data(MATPLOTLIB_PHOTOS[name], asfileobj=False)) as im:
+            return np.ascontiguousarray(np.asarray(im.convert("RGB")))
     img = getattr(skimage.data, name)()
     if isinstance(img, tuple):  # stereo pairs: take the left view
         img = img[0]
@@ -66,11 +80,12 @@ def build(config: DemoConfig = DemoConfig()) -> str:
     out = Path(config.out)
     built = manifest.Manifest()
     for split, photos, count in (("train", TRAIN_PHOTOS, config.train_tiles_per_photo),
+                                 ("val", VAL_PHOTOS, config.val_tiles_per_photo),
                                  ("test", HELD_OUT_PHOTOS, config.held_out_tiles_per_photo)):
         clean_dir = out / "clean" / split
         clean_dir.mkdir(parents=True, exist_ok=True)
         for name in photos:
-            for i, tile in enumerate(tiles(_photo(name), config.tile, count)):
+            for i, tile in enumerate(tiles(photo(name), config.tile, count)):
                 save_png(tile, str(clean_dir / f"{name}_{i}.png"))
         built.extend(manifest.from_clean_folder(str(clean_dir), config.specs, "demo", split, str(out / "lq")))
     path, _ = manifest.write(built, str(out / "manifest.parquet"))
