@@ -197,6 +197,20 @@ def _check_config(out: Path, config: ExtractConfig, config_hash: str, manifest_p
                                 indent=1, sort_keys=True, default=str))
 
 
+def _check_installed(config: ExtractConfig) -> None:
+    """Fail in the driver, with the fix, when the sentence encoder's package is missing: inside a
+    Ray actor the same error would surface as a failed actor pool."""
+    text = config.resolved_models().text
+    if text is None:
+        return
+    from pipeline.models.text_encoder import resolve_folder
+
+    try:
+        resolve_folder(text.model)
+    except OSError as e:
+        raise SystemExit(f"preset {config.preset!r}: {e}") from e
+
+
 def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_failed: bool = False,
             address: str | None = None, num_cpus: int | None = None) -> dict:
     """Run the extraction; returns the index written (``index.json``)."""
@@ -204,6 +218,7 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
 
     out = Path(out_dir)
     rows = manifest.read(manifest_path)
+    _check_installed(config)
     manifest_sha = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
     config_hash = config.output_hash(manifest_sha)
     _check_config(out, config, config_hash, manifest_path)

@@ -228,6 +228,13 @@ def test_offline_preset_writes_real_priors_without_large_models(tmp_path, rain_m
         assert set(s.meta.provenance["models"]) == {"clip"} and s.meta.provenance["seeds"]["reference"] is None
 
 
+def test_a_missing_text_encoder_package_is_named_before_any_work(tmp_path, rain_manifest):
+    config = extract_config.load(None, {"models.text.model": "package://lmdir_no_such_package/model"}, preset="offline")
+    with pytest.raises(SystemExit, match="pip install lmdir-no-such-package"):
+        extract.extract(rain_manifest, str(tmp_path / "out"), config)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_different_configuration_is_refused_in_the_same_folder(tmp_path, rain_manifest):
     out = tmp_path / "out"
     out.mkdir()
