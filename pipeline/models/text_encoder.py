@@ -22,14 +22,13 @@ import importlib.metadata
 import importlib.util
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.models.device import hub_kwargs
 from pipeline.models.presets import TextEncoderSettings
-from pipeline.models.sources import describe_source
+from pipeline.models.sources import describe_source, package_path
 from pipeline.sample_format import TOKEN_POSITIONS
 
 PACKAGE_SCHEME = "package://"
@@ -42,13 +41,10 @@ def resolve_folder(model: str) -> str:
     if not model.startswith(PACKAGE_SCHEME):
         return model
     module, _, inner = model[len(PACKAGE_SCHEME):].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise OSError(f"text encoder {model!r}: Python package {module!r} is not installed "
-                      f"(pip install {module.replace('_', '-')})")
-    folder = Path(next(iter(spec.submodule_search_locations))) / inner
-    if not folder.is_dir():
-        raise OSError(f"text encoder {model!r}: {folder} does not exist")
+    try:
+        folder = package_path(module, inner)
+    except FileNotFoundError as e:
+        raise OSError(f"text encoder {model!r}: {e}") from e
     return str(folder)
 
 
