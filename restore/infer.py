@@ -37,7 +37,15 @@ import numpy as np
 import torch
 
 from pipeline.analysis.features import MIN_SIDE as ANALYSIS_MIN_SIDE
-from pipeline.image_files import MAX_PIXELS, ImageError, decode_rgb, images_in, read_bytes, save_png
+from pipeline.image_files import (
+    MAX_PIXELS,
+    ImageError,
+    LoadedImage,
+    decode_rgb,
+    images_in,
+    read_bytes,
+    save_png,
+)
 from pipeline.sample_format import Sample, make_key
 from restore import checkpoint
 from restore.data import sample_priors, to_chw
@@ -90,6 +98,19 @@ def expand(images: list[str]) -> list[str]:
     return out
 
 
+def read_image(image: str, max_pixels: int = MAX_PIXELS) -> tuple[bytes, LoadedImage]:
+    """The file's bytes and its 8-bit RGB pixels; ImageError naming the file and the reason when it
+    cannot be restored (a folder, unreadable, not an image, corrupt, too large or too small)."""
+    if Path(image).is_dir():  # expand left it: nothing inside to restore
+        raise ImageError(image, "a folder without image files")
+    try:
+        raw = read_bytes(image)
+    except OSError as e:  # missing, no permission: the reason without the traceback
+        raise ImageError(image, f"cannot read file: {e.strerror or e}") from e
+    # Every prior preset runs the weight-free analysis, which needs a larger image than decoding.
+    return raw, decode_rgb(raw, image, max_pixels=max_pixels, min_side=ANALYSIS_MIN_SIDE)
+
+
 @torch.no_grad()
 def restore_one(model: Restorer, sample: Sample, device: torch.device, tile: int | None = None,
                 use_reference: bool = True, label: str | None = None) -> np.ndarray:
@@ -127,14 +148,7 @@ def restore_images(checkpoint_path: str | Path | None, images: list[str], out: s
         while name in used:
             name, n = f"{stem}_{n}", n + 1
         try:
-            if Path(image).is_dir():  # expand left it: nothing inside to restore
-                raise ImageError(image, "a folder without image files")
-            try:
-                raw = read_bytes(image)
-            except OSError as e:  # missing, no permission: the reason without the traceback
-                raise ImageError(image, f"cannot read file: {e.strerror or e}") from e
-            # Every prior preset runs the weight-free analysis, which needs a larger image than decoding.
-            loaded = decode_rgb(raw, image, max_pixels=max_pixels, min_side=ANALYSIS_MIN_SIDE)
+            raw, loaded = read_image(image, max_pixels)
             sample = priors.sample(make_key("user", "infer", name), loaded.pixels,
                                    raw if loaded.source_format == "JPEG" else None, user)
             restored = restore_one(model, sample, dev, tile, user.reference, name)

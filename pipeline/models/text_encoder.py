@@ -91,10 +91,19 @@ class TextEncoder:
 def load_text_encoder(settings: TextEncoderSettings) -> TextEncoder:
     """Load the tokenizer and encoder of ``settings`` (offline when HF_HUB_OFFLINE is set)."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder = resolve_folder(settings.model)
     tokenizer = AutoTokenizer.from_pretrained(folder, **hub_kwargs(settings.revision))
-    model = AutoModel.from_pretrained(folder, **hub_kwargs(settings.revision)).eval()
+    # A 90 MB encoder loads in under a second: its "Loading weights" bar only adds noise to every
+    # command's output. Large models keep theirs.
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(folder, **hub_kwargs(settings.revision)).eval()
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     source = (package_source(settings.model) if settings.model.startswith(PACKAGE_SCHEME)
               else describe_source(folder, settings.revision, "config.json"))
     return TextEncoder(settings, tokenizer, model, source)
