@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from bench import peer_models
@@ -57,6 +57,7 @@ from pipeline.sample_format import Sample, make_key
 from restore import checkpoint, metrics
 from restore.data import to_chw
 from restore.evaluate import add_device_arguments, load_restorer, pick_device, use_threads
+from restore.figures import fonts
 from restore.priors_online import PRESET_CHOICES, OnlinePriors, UserPriors
 from restore.validate import restore_sample, to_uint8
 
@@ -84,7 +85,6 @@ APPLIES = {"ffdnet": {"noise"}, "bm3d": {"noise"}, "nlmeans": {"noise"}, "zero-d
 
 GRID_CROP = 192
 GRID_GAP = 4
-GRID_FONT = "DejaVuSans.ttf"  # Pillow looks for it among the system's fonts
 
 
 @dataclass(frozen=True)
@@ -303,15 +303,6 @@ def subset_line(records: list[dict], methods: list[str]) -> str:
 
 # --- the picture grid --------------------------------------------------------------------------
 
-def _fonts(sizes: tuple[int, ...]) -> tuple[list[ImageFont.ImageFont], bool]:
-    """DejaVu Sans (it has σ) at ``sizes`` when the system has it, else Pillow's own font, which
-    lacks Greek: the second value says whether labels may keep their non-ASCII letters."""
-    try:
-        return [ImageFont.truetype(GRID_FONT, size) for size in sizes], True
-    except OSError:
-        return [ImageFont.load_default(size=size) for size in sizes], False
-
-
 def crop_box(gt: np.ndarray, size: int = GRID_CROP) -> tuple[int, int, int]:
     """(y, x, side) of the most detailed of nine evenly spaced square crops of ``gt`` (the
     largest Laplacian variance): the same crop for every method, and one where restoration shows."""
@@ -337,7 +328,7 @@ def grid(rows: list[dict], methods: list[str], path: Path) -> None:
     height = head_h + len(rows) * (tile + foot_h + gap)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    (small, big), unicode = _fonts((12, 13))
+    (small, big), unicode = fonts((12, 13))
 
     def say(text: str) -> str:
         return text if unicode else text.replace("σ", "s").replace("—", "-")

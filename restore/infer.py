@@ -50,6 +50,7 @@ from pipeline.sample_format import Sample, make_key
 from restore import checkpoint
 from restore.data import sample_priors, to_chw
 from restore.evaluate import add_device_arguments, load_restorer, pick_device, use_threads
+from restore.figures import captioned_row
 from restore.model import Restorer
 from restore.model.tiling import choose_tile, restore_tiled
 from restore.priors_online import (
@@ -69,12 +70,6 @@ class Failure:
 
     image: str
     reason: str
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 8) -> np.ndarray:
-    """Two same-height images with a white gap between them."""
-    spacer = np.full((left.shape[0], gap, 3), 255, np.uint8)
-    return np.concatenate([left, spacer, right], axis=1)
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
@@ -155,7 +150,8 @@ def restore_images(checkpoint_path: str | Path | None, images: list[str], out: s
             path = out / f"{name}.png"
             save_png(restored, str(path))
             if write_side_by_side:
-                save_png(side_by_side(loaded.pixels, restored), str(out / f"{name}_side_by_side.png"))
+                save_png(captioned_row([loaded.pixels, restored], ["input", "restored"]),
+                         str(out / f"{name}_side_by_side.png"))
         except (ValueError, OSError, MemoryError, RuntimeError) as e:
             # ValueError: ImageError, or a prior model refusing this image; RuntimeError: torch's
             # allocators report running out of memory as one.

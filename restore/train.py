@@ -427,6 +427,7 @@ def fit(config: TrainConfig, resume: bool = False,
             scores = validate(ema.module, val_samples, env.device, run / "val" / f"step_{progress.step:08d}.png",
                               config.val_tile, config.amp)
             record = {"step": progress.step, "val_psnr": scores.psnr, "val_ssim": scores.ssim,
+                      "val_input_psnr": scores.input_psnr,
                       **{f"val_psnr_{t}": v[0] for t, v in scores.per_task.items()},
                       **{f"val_ssim_{t}": v[1] for t, v in scores.per_task.items()}}
             _log(run, record, writer)

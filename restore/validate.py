@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from pipeline.image_files import save_png
 from pipeline.sample_format import Sample
 from restore import metrics
 from restore.data import resize_rgb, sample_priors, to_chw
+from restore.figures import captioned_row
 from restore.model.restorer import Restorer
 from restore.model.tiling import restore_tiled
 
@@ -33,6 +34,12 @@ class Scores:
     """Mean PSNR (dB) and SSIM per task, and their unweighted average over tasks (the papers' way)."""
 
     per_task: dict[str, tuple[float, float, int]]  # task -> (psnr, ssim, images)
+    inputs: dict[str, float] = field(default_factory=dict)  # task -> the degraded inputs' PSNR
+
+    @property
+    def input_psnr(self) -> float:
+        """The inputs' PSNR averaged like ``psnr``: the line a restorer has to stay above."""
+        return float(np.mean(list(self.inputs.values()))) if self.inputs else float("nan")
 
     @property
     def psnr(self) -> float:
@@ -62,10 +69,10 @@ def restore_sample(model: Restorer, sample: Sample, device: torch.device, tile: 
     return out.float().clamp(0, 1).cpu()
 
 
-def _row(images: list[np.ndarray]) -> np.ndarray:
+def _row(images: list[np.ndarray], captions: list[str]) -> np.ndarray:
     scaled = [resize_rgb(img, max(1, round(img.shape[1] * GRID_HEIGHT / img.shape[0])), GRID_HEIGHT)
               for img in images]
-    return np.concatenate(scaled, axis=1)
+    return captioned_row(scaled, captions)
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -73,11 +80,11 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return (metrics.quantize(x)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def save_grid(rows: list[list[np.ndarray]], path: Path) -> None:
-    """Rows of images side by side, scaled to one height, stacked (narrow rows padded black)."""
-    strips = [_row(r) for r in rows]
+def save_grid(rows: list[tuple[list[np.ndarray], list[str]]], path: Path) -> None:
+    """Rows of captioned images side by side, scaled to one height, stacked (narrow rows padded white)."""
+    strips = [_row(images, captions) for images, captions in rows]
     width = max(s.shape[1] for s in strips)
-    strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips]
+    strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips]
     save_png(np.concatenate(strips, axis=0), str(path))
 
 
@@ -87,22 +94,28 @@ def validate(model: nn.Module, samples: list[Sample], device: torch.device, grid
     was_training = model.training
     model.eval()
     totals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    inputs: dict[str, list[float]] = defaultdict(list)
     rows = []
     for sample in samples:
         restored = restore_sample(model, sample, device, tile, amp)
         gt = torch.from_numpy(to_chw(sample.gt))[None]
         restored = metrics.quantize(restored)
-        totals[sample.meta.task].append((float(metrics.psnr(restored, gt, y_channel)[0]),
-                                         float(metrics.ssim(restored, gt, y_channel)[0])))
+        psnr = float(metrics.psnr(restored, gt, y_channel)[0])
+        lq = torch.from_numpy(to_chw(sample.lq))[None]
+        inputs[sample.meta.task].append(float(metrics.psnr(lq, gt, y_channel)[0]))
+        totals[sample.meta.task].append((psnr, float(metrics.ssim(restored, gt, y_channel)[0])))
         if grid_path is not None and len(rows) < GRID_ROWS:
             ref = sample.ref if sample.ref is not None else np.full_like(sample.lq, 128)
-            rows.append([sample.lq, to_uint8(restored), sample.gt, ref])
+            captions = [f"LQ ({sample.meta.task})", f"restored {psnr:.2f} dB", "GT",
+                        "reference" if sample.ref is not None else "reference (none)"]
+            rows.append(([sample.lq, to_uint8(restored), sample.gt, ref], captions))
     model.train(was_training)
     if rows:
         grid_path.parent.mkdir(parents=True, exist_ok=True)
         save_grid(rows, grid_path)
     return Scores({task: (float(np.mean([s[0] for s in v])), float(np.mean([s[1] for s in v])), len(v))
-                   for task, v in sorted(totals.items())})
+                   for task, v in sorted(totals.items())},
+                  {task: float(np.mean(v)) for task, v in sorted(inputs.items())})
 
 
 def plot_curve(metrics_path: Path, out_path: Path) -> None:
@@ -112,13 +125,14 @@ def plot_curve(metrics_path: Path, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train, val = [], []
+    train, val, baseline = [], [], None
     for line in metrics_path.read_text().splitlines():
         record = json.loads(line)
         if "loss" in record:
             train.append((record["step"], record["loss"]))
         if "val_psnr" in record:
             val.append((record["step"], record["val_psnr"]))
+            baseline = record.get("val_input_psnr", baseline)
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), color="tab:blue", label="training loss")
@@ -128,6 +142,10 @@ def plot_curve(metrics_path: Path, out_path: Path) -> None:
     if val:
         twin = ax.twinx()
         twin.plot(*zip(*val), "o-", color="tab:red", label="validation PSNR")
+        if baseline is not None:  # the same validation inputs every time: one line
+            twin.axhline(baseline, color="tab:red", linestyle="--", linewidth=1)
+            twin.annotate(f"inputs {baseline:.2f} dB", (0.01, baseline), xycoords=("axes fraction", "data"),
+                          color="tab:red", fontsize=8, va="bottom")
         twin.set_ylabel("validation PSNR (dB)", color="tab:red")
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)

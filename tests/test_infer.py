@@ -47,7 +47,12 @@ def test_automatic_priors_without_weights_restore_every_image(photos, tmp_path, 
     for i, size in enumerate((40, 56)):
         restored = load_rgb(str(tmp_path / "out" / f"dark{i}.png")).pixels
         assert restored.shape == (size, size, 3)
-        assert load_rgb(str(tmp_path / "out" / f"dark{i}_side_by_side.png")).pixels.shape == (size, 2 * size + 8, 3)
+        # input | restored at full size, under a caption strip
+        pair = load_rgb(str(tmp_path / "out" / f"dark{i}_side_by_side.png")).pixels
+        assert pair.shape[0] > size and pair.shape[1] == 2 * size + 8
+        assert (pair[-size:, :size] == load_rgb(photos[i]).pixels).all()
+        assert (pair[-size:, -size:] == restored).all()
+        assert (pair[:-size] < 128).any()  # the caption's dark letters
     assert "priors analysis-only" in capsys.readouterr().out
 
 

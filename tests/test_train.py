@@ -68,6 +68,8 @@ def test_kill_and_resume_gives_the_same_weights_as_a_straight_run(shard_index, t
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 2 * N + 1))
     assert any("val_psnr_denoise" in r for r in records)
+    # The curve's baseline: the same validation inputs each time, so one value.
+    assert len({r["val_input_psnr"] for r in records if "val_psnr" in r}) == 1
     assert (run / "curve.png").is_file() and (run / "val" / f"step_{2 * N:08d}.png").is_file()
     assert list((run / "tb").iterdir()) and (run / "config.yaml").is_file()
     state = checkpoint.read_state(checkpoints / "last")
