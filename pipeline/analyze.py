@@ -4,7 +4,8 @@ Prints one line per image — with ``--json`` the object
 ``{"path", "degradations": [{"type", "score", "params"}, …], "text", "classifier"}``, most likely
 type first, ``classifier`` naming the weights that scored it (their digest, as in the sample json) —
 or, for an unusable file, ``{"path", "error"}``; the batch always goes on. A directory stands for
-the image files directly inside it. Exit status: 0 if any image was analysed, 1 if none was.
+the image files directly inside it. Exit status: 0 if every image was analysed; 1 if any file
+failed (or none was found), counted on stderr's last line.
 No model is downloaded: see pipeline/analysis.
 """
 
@@ -15,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline import cli
 from pipeline.analysis.analyze import analyze
 from pipeline.image_files import ImageError, images_in, load_rgb, read_bytes
 
@@ -44,16 +46,20 @@ def analyze_path(path: str) -> dict:
             "classifier": result.classifier, **({"notes": list(loaded.notes)} if loaded.notes else {})}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline.analyze", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories of images")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     paths = expand(args.paths)
-    ok = 0
+    failed = 0
     for path in paths:
         out = analyze_path(path)
-        ok += "error" not in out
+        failed += "error" in out
         if args.json:
             print(json.dumps(out, ensure_ascii=False), flush=True)
         elif "error" in out:
@@ -62,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             top = ", ".join(f"{d['type']} {d['score']:.2f}" for d in out["degradations"])
             print(f"{path}: {out['text']}  [{top}]", flush=True)
     if not paths:
-        print("no image files found", file=sys.stderr)
-    return 0 if ok else 1
+        return cli.fail(f"no image files found in {' '.join(args.paths)}", status=1)
+    if failed:
+        # On stderr, so that --json output stays one object per line.
+        return cli.fail(f"{failed} of {len(paths)} files could not be analysed (see their lines above)", status=1)
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,8 @@ import cv2
 import numpy as np
 import skimage.data
 
-from pipeline import manifest
-from pipeline.image_files import save_png
+from pipeline import cli, manifest
+from pipeline.image_files import MIN_SIDE, save_png
 
 # skimage.data photos that ship inside the package (no download). ``cat`` is not among them: it is
 # the very photo ``chelsea`` is, a held-out one.
@@ -93,14 +94,26 @@ def build(config: DemoConfig = DemoConfig()) -> str:
     return path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline.demo_data", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=DemoConfig.out)
-    ap.add_argument("--tile", type=int, default=DemoConfig.tile)
-    args = ap.parse_args()
-    path = build(DemoConfig(out=args.out, tile=args.tile))
+    ap.add_argument("--out", default=DemoConfig.out,
+                    help=f"folder for the tiles, their degraded versions and manifest.parquet (default: {DemoConfig.out})")
+    ap.add_argument("--tile", type=int, default=DemoConfig.tile,
+                    help=f"side of the square tiles in pixels (default: {DemoConfig.tile})")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.tile < MIN_SIDE:
+        return cli.fail(f"--tile {args.tile}: tiles need at least {MIN_SIDE} pixels a side")
+    try:
+        path = build(DemoConfig(out=args.out, tile=args.tile))
+    except OSError as e:  # an --out that cannot be created or written
+        return cli.fail(e)
     print(f"demo manifest: {os.path.abspath(path)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,6 +7,11 @@ its sha256) nothing is fetched. Otherwise bytes go into DIR/<name>.part, resumed
 (HTTP Range / seek), retried with exponential back-off, mirror after mirror. Only a complete part
 whose sha256 matches the manifest and whose tar passes pipeline.safe_tar is renamed to DIR/<name>;
 a mismatching file is deleted and reported, never renamed, never read as a shard.
+
+DIR then holds ``index.json``, listing the verified shards there as an extraction's index does,
+so that the trainer's ``--shards DIR`` reads them without fetching anything again, and a copy of
+the manifest (``published.json``) to re-check or resume from. Ctrl-C stops the transfers; a
+rerun of the same command resumes them.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
+from pipeline import cli
 from pipeline.image_files import sha256_file
 from pipeline.published import (
     MAX_MANIFEST_BYTES,
@@ -35,13 +41,17 @@ from pipeline.published import (
     ShardEntry,
     load_manifest,
     parse_manifest_bytes,
+    save_manifest,
 )
 from pipeline.safe_tar import UnsafeTarError, check_tar
+from pipeline.shards import INDEX, atomic_write
 from pipeline.transfer import TransferError, fetch_into, read_small
 
 log = logging.getLogger(__name__)
 
 LOCK_DIR = ".locks"
+# The name pipeline.publish gives a manifest next to its shards.
+MANIFEST_COPY = "published.json"
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,14 @@ def download(manifest: PublishedSet, dest: str | Path, shards: Sequence[int] | N
     progress = _Progress(selected, dest, options.progress)
     try:
         with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-            results = list(pool.map(lambda s: _fetch_shard(manifest, s, dest, options, progress), selected))
+            try:
+                results = list(pool.map(lambda s: _fetch_shard(manifest, s, dest, options, progress), selected))
+            except KeyboardInterrupt:
+                # Workers stop at their next chunk or back-off, leaving what arrived in .part files
+                # for the next run to resume; shards not started yet are cancelled.
+                progress.stop()
+                pool.shutdown(cancel_futures=True)
+                raise
     finally:
         progress.close()
     return DownloadReport(
@@ -202,7 +219,7 @@ def _from_mirror(url: str, entry: ShardEntry, part: Path, options: DownloadOptio
     error = "no attempt made"
     for attempt in range(options.retries):
         if attempt:
-            time.sleep(min(options.backoff * 2 ** (attempt - 1), options.backoff_max))
+            progress.pause(min(options.backoff * 2 ** (attempt - 1), options.backoff_max))
         resumed_from = part.stat().st_size if part.exists() else 0
         try:
             fetch_into(url, part, entry.bytes, options.timeout, progress.add_bytes, session)
@@ -272,11 +289,17 @@ def _check_free_space(dest: Path, selected: Sequence[ShardEntry]) -> None:
         raise DownloadError(f"{dest}: {needed} bytes still to download, only {free} free")
 
 
+class _Stopped(Exception):
+    """Raised in a worker thread once the download is interrupted (Ctrl-C in the main thread)."""
+
+
 class _Progress:
-    """Two tqdm bars (files, bytes) shared by the worker threads."""
+    """Two tqdm bars (files, bytes) shared by the worker threads, and the signal that stops them:
+    every transfer reports its bytes here, so each notices a stop within one chunk."""
 
     def __init__(self, selected: Sequence[ShardEntry], dest: Path, enabled: bool):
         start = sum(_local_size(dest, s) for s in selected)
+        self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._files = tqdm(total=len(selected), unit="file", desc="shards", disable=not enabled, position=0)
         self._bytes = tqdm(total=sum(s.bytes for s in selected), initial=start, unit="B", unit_scale=True,
@@ -285,6 +308,16 @@ class _Progress:
     def add_bytes(self, n: int) -> None:
         with self._lock:
             self._bytes.update(n)
+        if self._stopped.is_set():
+            raise _Stopped()
+
+    def pause(self, seconds: float) -> None:
+        """Sleep between retries, cut short by a stop."""
+        if self._stopped.wait(seconds):
+            raise _Stopped()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
     def file_done(self) -> None:
         with self._lock:
@@ -302,7 +335,53 @@ def _local_size(dest: Path, entry: ShardEntry) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def complete_shards(manifest: PublishedSet, dest: str | Path) -> list[ShardEntry]:
+    """The manifest's shards present in ``dest`` under their own name with the manifest's size:
+    only a verified download is ever renamed to that name."""
+    dest = Path(dest)
+    return [s for s in manifest.shards if (dest / s.name).is_file() and (dest / s.name).stat().st_size == s.bytes]
+
+
+def write_index(manifest: PublishedSet, dest: str | Path, source: str) -> tuple[Path, int]:
+    """Write ``dest/index.json`` in the layout of an extraction's index (pipeline.shards), listing
+    the complete shards in ``dest``, and the manifest (fetched from ``source``) as
+    ``dest/published.json``. Returns the index path and the number of shards it lists.
+
+    The trainer reads a folder's shards through its index (``--shards DIR``); given the manifest
+    instead it would fetch the set again into its cache. An index that this function did not write
+    is left alone: ``dest`` is then the extraction's own output, checked against its manifest, and
+    its index says more (settings, failures) than a manifest can.
+    """
+    dest = Path(dest)
+    path = dest / INDEX
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if "downloaded_from" not in existing:
+            return path, len(existing["shards"])
+    shards = complete_shards(manifest, dest)
+    provenance = manifest.provenance
+
+    def single(values: tuple[str, ...]) -> str | None:
+        # An index describes one extraction; a set merged from several has no single preset or hash.
+        return values[0] if len(values) == 1 else None
+
+    index = {
+        "format_version": manifest.format_version, "name": manifest.name, "license": manifest.license,
+        "downloaded_from": source,
+        "preset": single(provenance.presets), "config_hash": single(provenance.config_hashes),
+        "models": {role: {"id": m.id, "revision": m.revision, "commit": m.commit}
+                   for role, m in sorted(provenance.models.items())},
+        "embedding_dims": dict(manifest.embedding_dims),
+        "samples": sum(s.samples for s in shards), "failed": 0,
+        "shards": [{"name": s.name, "samples": s.samples, "failed": 0, "bytes": s.bytes, "sha256": s.sha256}
+                   for s in shards],
+    }
+    save_manifest(manifest, dest / MANIFEST_COPY)
+    atomic_write(path, json.dumps(index, indent=1, sort_keys=True).encode())
+    return path, len(shards)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.download", description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", help="published-set manifest: a local path or a URL")
     parser.add_argument("--dest", required=True, help="directory the shards go into")
@@ -313,23 +392,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=4, help="attempts per mirror (default 4)")
     parser.add_argument("--timeout", type=float, default=60.0, help="connect/read timeout in seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         manifest = fetch_manifest(args.manifest, args.timeout)
         indices = parse_shard_range(args.shards, len(manifest.shards))
-        options = DownloadOptions(jobs=args.jobs, verify=args.verify, retries=max(1, args.retries),
-                                  timeout=args.timeout, progress=not args.no_progress)
-        report = download(manifest, args.dest, indices, options)
     except (ValueError, DownloadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(e)
+    except KeyboardInterrupt:
+        return cli.interrupted("nothing was downloaded yet")
+    options = DownloadOptions(jobs=args.jobs, verify=args.verify, retries=max(1, args.retries),
+                              timeout=args.timeout, progress=not args.no_progress)
+    try:
+        report = download(manifest, args.dest, indices, options)
+        index, listed = write_index(manifest, args.dest, args.manifest)
+    except (DownloadError, OSError) as e:  # OSError: a --dest that cannot be created or written
+        return cli.fail(e)
+    except KeyboardInterrupt:
+        selected = {manifest.shards[i].name for i in indices}
+        done = sum(s.name in selected for s in complete_shards(manifest, args.dest))
+        return cli.interrupted(f"{done} of {len(selected)} shards are complete and verified in {args.dest}; "
+                               "partly downloaded ones are kept as .part files: rerun the same command to resume")
     print(f"{manifest.name}: {len(report.downloaded)} downloaded, {len(report.present)} already present, "
           f"{len(report.rejected)} rejected, {len(report.failed)} failed")
     for r in report.rejected:
         print(f"  rejected and deleted {r.shard} from {r.source}: {r.reason}", file=sys.stderr)
     for f in report.failed:
         print(f"  FAILED {f.shard}: {f.reason}", file=sys.stderr)
+    print(f"{index}: {listed} of {len(manifest.shards)} shards; train on them with --shards {args.dest}")
     return 0 if report.ok else 1
 
 

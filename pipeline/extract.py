@@ -12,7 +12,8 @@ the degradation text and has no caption; without a diffusion model there is no r
 With no cluster to join, ``ray.init`` starts a local one.
 
 Rerunning the same command skips complete shards; ``--retry-failed`` re-processes only the rows
-whose status is error and rewrites their shards with the earlier good samples kept.
+whose status is error and rewrites their shards with the earlier good samples kept. So Ctrl-C
+loses only the shards in progress: the program says how many are complete and exits with 130.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ import numpy as np
 import pyarrow as pa
 
 import pipeline
-from pipeline import extract_config, manifest, shards, stages, typed_config
+from pipeline import cli, extract_config, manifest, shards, stages, typed_config
 from pipeline.extract_config import ExtractConfig, StageResources
 from pipeline.sample_format import GT, LQ, REF, SampleFormatError, SampleMeta, encode_record
 
 STAGE_NAMES = ("decode", "analysis", "describer", "captioner", "reference", "clip")
 MODEL_STAGES = ("describer", "captioner", "reference", "clip")
+
+
+class ExtractError(Exception):
+    """A run that cannot start as asked: names the folder or setting and what to do instead."""
 
 
 @dataclass
@@ -86,6 +91,11 @@ def build_dataset(work: Work, config: ExtractConfig):
     # Small blocks keep every stage busy early and bound the memory of a block of decoded images.
     block_rows = max(1, min(config.stages.decode.batch_size, 64))
     ds = ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)])
+    # Ray Data's high-memory note ("Operator ... uses N of memory per worker ... consider setting
+    # memory=...") fires for any actor above ~2.6 GiB per CPU it reserves: with a quarter CPU per
+    # stage every model actor passes that, as it must to hold its weights, and `memory=` is no
+    # setting of this program. Off for this dataset (and those built from it) only.
+    ds.context.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
 
     def run(ds, fn, res: StageResources, actor: bool, **kwargs):
         options: dict[str, Any] = {"batch_size": res.batch_size, "batch_format": "numpy", "num_cpus": res.num_cpus}
@@ -190,8 +200,8 @@ def _check_config(out: Path, config: ExtractConfig, config_hash: str, manifest_p
     if saved.exists():
         previous = json.loads(saved.read_text()).get("output_hash")
         if previous != config_hash:
-            raise SystemExit(f"{out} holds shards of another configuration or manifest (hash {previous}, this run "
-                             f"{config_hash}); use a new --out folder, or the same settings to resume")
+            raise ExtractError(f"{out} holds shards of another configuration or manifest (hash {previous}, this "
+                               f"run {config_hash}); use a new --out folder, or the same settings to resume")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"output_hash": config_hash, "manifest": str(manifest_path), **config.to_dict()},
                                 indent=1, sort_keys=True, default=str))
@@ -208,7 +218,7 @@ def _check_installed(config: ExtractConfig) -> None:
     try:
         resolve_folder(text.model)
     except OSError as e:
-        raise SystemExit(f"preset {config.preset!r}: {e}") from e
+        raise ExtractError(f"preset {config.preset!r}: {e}") from e
 
 
 def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_failed: bool = False,
@@ -268,7 +278,7 @@ def summary(index: dict, totals: Totals, elapsed: float, processed: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline.extract", description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", required=True, help="dataset manifest parquet (pipeline.manifest)")
     ap.add_argument("--out", required=True, help="output folder for shards, status, stats and index.json")
@@ -277,17 +287,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="YAML extraction config (see pipeline/extract_config.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. stages.describer.num_gpus=1 or models.mllm.max_new_tokens=32")
-    ap.add_argument("--samples-per-shard", type=int, default=None)
+    ap.add_argument("--samples-per-shard", type=int, default=None,
+                    help="samples per shard (default 256); part of the output hash, so keep it to resume")
     ap.add_argument("--retry-failed", action="store_true", help="re-process only rows whose status is error")
     ap.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     fields = {k: v for k, v in (("preset", args.preset), ("samples_per_shard", args.samples_per_shard)) if v is not None}
     try:
         config = extract_config.load(args.config, typed_config.parse_sets(args.set), **fields)
-    except ValueError as e:
-        ap.error(str(e))
-    index = extract(args.manifest, args.out, config, args.retry_failed, args.address, args.num_cpus)
+        index = extract(args.manifest, args.out, config, args.retry_failed, args.address, args.num_cpus)
+    # ValueError: an unreadable manifest or config file, an unknown preset or setting; OSError: an
+    # output folder that cannot be written.
+    except (ExtractError, ValueError, OSError) as e:
+        return cli.fail(e)
+    except KeyboardInterrupt:
+        done = len(shards.completed(args.out)) if Path(args.out).is_dir() else 0
+        return cli.interrupted(f"{done} shards are complete in {args.out} and kept (each has its _stats.json); "
+                               "rerun the same command to resume: complete shards are skipped")
     return 0 if index["samples"] else 1
 
 

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm import tqdm
 
-from pipeline import degrade, vocabulary
+from pipeline import cli, degrade, vocabulary
 from pipeline.image_files import (
     IMAGE_SUFFIXES,
     ImageError,
@@ -217,15 +217,20 @@ def _variant(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")
 
 
+def _check_degrading(specs: Sequence[str], assign: str) -> None:
+    """Raise ValueError on a bad spec or assignment: called before any image is read."""
+    for spec in specs:
+        degrade.parse_spec(spec)
+    if assign not in ("all", "cycle"):
+        raise ValueError(f"assign must be 'all' or 'cycle', got {assign!r}")
+
+
 def from_clean(clean: Sequence[_Read], relpaths: Sequence[str], specs: Sequence[str], dataset: str, split: str,
                workdir: str, assign: str = "all", kernels: str = "") -> Manifest:
     """Rows for clean images degraded by each spec (``assign="all"``) or by one spec per image in
     turn (``"cycle"``). Degraded LQ images are written under ``workdir/<dataset>/<split>/``; the seed
     of each comes from its key, so rebuilding gives the same bytes."""
-    for spec in specs:
-        degrade.parse_spec(spec)  # fail on a bad spec before any work
-    if assign not in ("all", "cycle"):
-        raise ValueError(f"assign must be 'all' or 'cycle', got {assign!r}")
+    _check_degrading(specs, assign)
     out = Manifest()
     lq_dir = Path(workdir) / dataset / split
     lq_dir.mkdir(parents=True, exist_ok=True)
@@ -258,6 +263,7 @@ def from_clean(clean: Sequence[_Read], relpaths: Sequence[str], specs: Sequence[
 def from_clean_folder(clean_dir: str, specs: Sequence[str], dataset: str, split: str, workdir: str,
                       assign: str = "all", kernels: str = "") -> Manifest:
     """``from_clean`` over every image file under ``clean_dir``."""
+    _check_degrading(specs, assign)
     rels = list_images(clean_dir)
     reads = _read_all([os.path.join(clean_dir, r) for r in rels], f"{dataset}/{split} clean")
     return from_clean(reads, rels, specs, dataset, split, workdir, assign, kernels)
@@ -279,6 +285,7 @@ def from_hf(dataset: str, split: str, workdir: str, hf_id: str = "", data_dir: s
         raise ValueError("give exactly one of hf_id (a hub dataset in the local cache) or data_dir (an imagefolder)")
     if bool(gt_column) == bool(specs):
         raise ValueError("give either gt_column (paired data) or degradation specs (synthetic from clean images)")
+    _check_degrading(specs, assign)
     ds = (datasets.load_dataset("imagefolder", data_dir=data_dir, split=hf_split or "train") if data_dir
           else datasets.load_dataset(hf_id, split=hf_split or "train"))
     columns = [image_column] + ([gt_column] if gt_column else [])
@@ -292,7 +299,9 @@ def from_hf(dataset: str, split: str, workdir: str, hf_id: str = "", data_dir: s
     def uri_of(item: dict, index: int, column: str) -> tuple[str, str]:
         path = item.get("path")
         if path and os.path.exists(path):
-            return path, (Path(path).relative_to(data_dir).as_posix() if data_dir else Path(path).name)
+            # datasets hands back absolute paths, whatever form of data_dir it was given.
+            return path, (Path(path).resolve().relative_to(Path(data_dir).resolve()).as_posix() if data_dir
+                          else Path(path).name)
         rel = f"{column}/{index:08d}{Path(path).suffix if path else '.png'}"
         target = store / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -388,6 +397,8 @@ def read(path: str) -> list[dict]:
     """The rows of a manifest parquet, checked against SCHEMA (a clear error for anything else)."""
     try:
         table = pq.read_table(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such manifest file (python -m pipeline.manifest builds one)") from None
     except (OSError, pa.ArrowInvalid) as e:
         raise ValueError(f"{path}: not a readable manifest parquet: {e}") from e
     missing = [n for n in SCHEMA.names if n not in table.column_names]
@@ -412,7 +423,7 @@ def summarize(manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
-def _main(argv: Iterable[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m pipeline.manifest", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="source", required=True)
 
@@ -426,50 +437,69 @@ def _main(argv: Iterable[str] | None = None) -> int:
 
     p = sub.add_parser("paired", help="LQ/GT folders matched by file stem")
     common(p)
-    p.add_argument("--lq", required=True)
-    p.add_argument("--gt", default=None, help="omit for real degraded images without reference")
+    p.add_argument("--lq", required=True, help="folder of degraded (LQ) images, searched recursively")
+    p.add_argument("--gt", default=None, help="folder of clean (GT) images; omit for real degraded images "
+                                              "without reference")
     p.add_argument("--degradation", required=True, help="vocabulary type(s), '+'-joined, e.g. rain")
-    p.add_argument("--task", default="")
+    p.add_argument("--task", default="", help="task name (default: derived from --degradation, e.g. derain)")
     p.add_argument("--match", default="", help="regex on file stems whose groups form the id LQ and GT pair on")
     p.add_argument("--lq-match", default="", help="like --match, for LQ files only")
     p.add_argument("--gt-match", default="", help="like --match, for GT files only")
     p = sub.add_parser("synthetic", help="clean folder + synthetic degradations")
     common(p)
-    p.add_argument("--clean", required=True)
-    p.add_argument("--degrade", action="append", required=True, help="degradation spec; repeat for several")
-    p.add_argument("--assign", choices=("all", "cycle"), default="all")
+    p.add_argument("--clean", required=True, help="folder of clean images, searched recursively")
+    p.add_argument("--degrade", action="append", required=True,
+                   help="degradation spec, e.g. noise:sigma=15..50 (see pipeline/degrade.py); repeat for several")
+    p.add_argument("--assign", choices=("all", "cycle"), default="all",
+                   help="all: every image gets every spec; cycle: one spec per image in turn")
     p = sub.add_parser("hf", help="a Hugging Face datasets dataset (local imagefolder or cached hub id)")
     common(p)
-    p.add_argument("--hf-id", default="")
-    p.add_argument("--data-dir", default="")
-    p.add_argument("--hf-split", default="")
-    p.add_argument("--image-column", default="image")
-    p.add_argument("--gt-column", default="")
-    p.add_argument("--degradation", default="")
-    p.add_argument("--degrade", action="append", default=[])
-    p.add_argument("--assign", choices=("all", "cycle"), default="all")
+    p.add_argument("--hf-id", default="", help="hub dataset id, read from the local cache (give this or --data-dir)")
+    p.add_argument("--data-dir", default="", help="a local imagefolder (give this or --hf-id)")
+    p.add_argument("--hf-split", default="", help="the dataset's own split to read (default: train)")
+    p.add_argument("--image-column", default="image", help="column of the LQ images, or of the clean ones "
+                                                           "with --degrade (default: image)")
+    p.add_argument("--gt-column", default="", help="column of the clean images paired with --image-column")
+    p.add_argument("--degradation", default="", help="vocabulary type(s) of real pairs, '+'-joined")
+    p.add_argument("--degrade", action="append", default=[],
+                   help="degradation spec to apply to the clean --image-column; repeat for several")
+    p.add_argument("--assign", choices=("all", "cycle"), default="all",
+                   help="all: every image gets every spec; cycle: one spec per image in turn")
     p = sub.add_parser("spec", help="a YAML spec of several datasets (see manifests/)")
     common(p, named=False)
-    p.add_argument("spec")
+    p.add_argument("spec", help="YAML spec file, e.g. manifests/three_task.yaml")
     p.add_argument("--root", default="", help="folder the spec's relative paths start from")
-    args = ap.parse_args(argv)
-    workdir = args.workdir or str(Path(args.out).with_suffix("")) + "_lq"
+    return ap
 
+
+def from_args(args: argparse.Namespace) -> Manifest:
+    """The manifest the parsed command line asks for."""
+    workdir = args.workdir or str(Path(args.out).with_suffix("")) + "_lq"
     if args.source == "paired":
-        manifest = from_paired(args.lq, args.gt, args.dataset, args.split, args.degradation, args.task, args.match,
-                               args.lq_match, args.gt_match)
-    elif args.source == "synthetic":
-        manifest = from_clean_folder(args.clean, args.degrade, args.dataset, args.split, workdir, args.assign, args.kernels)
-    elif args.source == "hf":
-        manifest = from_hf(args.dataset, args.split, workdir, args.hf_id, args.data_dir, args.hf_split,
-                           args.image_column, args.gt_column, args.degradation, args.degrade, args.assign, args.kernels)
-    else:
-        manifest = from_spec(args.spec, args.root, workdir, args.kernels)
-    out, problems = write(manifest, args.out)
+        return from_paired(args.lq, args.gt, args.dataset, args.split, args.degradation, args.task, args.match,
+                           args.lq_match, args.gt_match)
+    if args.source == "synthetic":
+        return from_clean_folder(args.clean, args.degrade, args.dataset, args.split, workdir, args.assign,
+                                 args.kernels)
+    if args.source == "hf":
+        return from_hf(args.dataset, args.split, workdir, args.hf_id, args.data_dir, args.hf_split,
+                       args.image_column, args.gt_column, args.degradation, args.degrade, args.assign, args.kernels)
+    return from_spec(args.spec, args.root, workdir, args.kernels)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        manifest = from_args(args)
+        out, problems = write(manifest, args.out)
+    # Missing folders and files (OSError), unknown types, specs and columns (ValueError), a bad
+    # --match regex (re.error), a spec that is not YAML: all the user's to fix, all named in the message.
+    except (OSError, ValueError, re.error, yaml.YAMLError) as e:
+        return cli.fail(e)
     print(summarize(manifest))
     print(f"manifest: {out}\nproblems: {problems}")
     return 0 if manifest.rows else 1
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

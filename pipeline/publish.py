@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
+from pipeline import __version__, cli
 from pipeline.image_files import sha256_file
 from pipeline.published import (
     SHARD_NAME,
@@ -156,7 +156,7 @@ def upload_to_hub(directory: str | Path, manifest: PublishedSet, repo_id: str, p
                      commit_urls=(shards_commit.commit_url, manifest_commit.commit_url))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", help="extraction output directory (holds index.json and the shards)")
     parser.add_argument("--base-url", action="append", default=[],
@@ -170,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help=f"manifest path (default: DIR/{MANIFEST_NAME})")
     parser.add_argument("--to-hub", metavar="REPO", help="upload shards and manifest to this HF dataset repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     # HF_ENDPOINT is huggingface_hub's own setting for a self-hosted Hub; its URLs are the mirrors.
     endpoint = os.environ.get("HF_ENDPOINT") or HUB_ENDPOINT
@@ -178,13 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.to_hub:
         base_urls += [u for u in hub_base_urls(args.to_hub, endpoint) if u not in base_urls]
     if not base_urls:
-        parser.error("give at least one --base-url (or --to-hub REPO)")
+        return cli.fail("give at least one --base-url (or --to-hub REPO)")
     try:
         manifest = build_manifest(args.directory, base_urls, args.license, args.name, args.description)
-    except (PublishError, ManifestError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = save_manifest(manifest, args.out or Path(args.directory) / MANIFEST_NAME)
+        out = save_manifest(manifest, args.out or Path(args.directory) / MANIFEST_NAME)
+    except (PublishError, ManifestError, OSError) as e:  # OSError: an --out that cannot be written
+        return cli.fail(e)
     print(f"{out}: {manifest.name}, {len(manifest.shards)} shards, {manifest.total_samples} samples, "
           f"{manifest.total_bytes} bytes, mirrors {', '.join(manifest.base_urls)}")
     if args.to_hub:
@@ -197,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             upload = upload_to_hub(args.directory, manifest, args.to_hub, private=args.private,
                                    endpoint=endpoint)
         except upload_errors as e:
-            print(f"error: upload to the Hub dataset {args.to_hub} failed: {e}", file=sys.stderr)
-            return 1
+            return cli.fail(f"upload to the Hub dataset {args.to_hub} failed: {e}", status=1)
         print(f"uploaded {len(upload.files)} files to {args.to_hub}: {' '.join(upload.commit_urls)}")
     return 0
 

@@ -85,7 +85,8 @@ def _member_order(name: str) -> tuple[str, int]:
     return key, MEMBERS.index(member) if member in MEMBERS else len(MEMBERS)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see half of it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -138,17 +139,17 @@ def write_shard(out_dir: str | Path, shard: int, records: Sequence[dict[str, Any
     """
     out = Path(out_dir)
     data = tar_bytes(records)
-    _atomic_write(out / tar_name(shard), data)
+    atomic_write(out / tar_name(shard), data)
     table = pa.Table.from_pylist([asdict(s) for s in sorted(status, key=lambda s: s.key)], schema=STATUS_SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    _atomic_write(out / status_name(shard), sink.getvalue().to_pybytes())
+    atomic_write(out / status_name(shard), sink.getvalue().to_pybytes())
     ok = sum(s.status == "ok" for s in status)
     stats = {
         "shard": shard, "name": tar_name(shard), "samples": ok, "failed": len(status) - ok,
         "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), **extra_stats,
     }
-    _atomic_write(out / stats_name(shard), json.dumps(stats, indent=1, sort_keys=True).encode())
+    atomic_write(out / stats_name(shard), json.dumps(stats, indent=1, sort_keys=True).encode())
     return stats
 
 
@@ -169,5 +170,5 @@ def write_index(out_dir: str | Path, name: str, shard_count: int, header: dict[s
         "samples": sum(s["samples"] for s in shards), "failed": sum(s["failed"] for s in shards),
         "shards": [{k: s[k] for k in ("name", "samples", "failed", "bytes", "sha256")} for s in shards],
     }
-    _atomic_write(Path(out_dir) / INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
+    atomic_write(Path(out_dir) / INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
     return index

@@ -121,8 +121,13 @@ def load(defaults: C, path: str | None = None, sets: Mapping[str, str] | None = 
     """``defaults``, then the YAML mapping at ``path``, then keyword ``fields``, then dotted ``sets``."""
     config = defaults
     if path:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the configuration file: {e.strerror or e}") from e
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(raw, Mapping):
             raise ValueError(f"{path}: a configuration file is a YAML mapping of {type(defaults).__name__} fields")
         config = override_dataclass(config, raw, path)

@@ -96,8 +96,11 @@ def _write_inputs(folder: Path, photo: np.ndarray) -> dict[str, Path]:
 def test_cli_reports_each_file_and_goes_on(tmp_path, photo, capsys):
     files = _write_inputs(tmp_path, photo)
     missing = str(tmp_path / "missing.png")
-    assert cli_main([str(files[k]) for k in files] + [missing, "--json"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert cli_main([str(files[k]) for k in files] + [missing, "--json"]) == 1
+    out, err = capsys.readouterr()
+    # The count goes to stderr: stdout stays one JSON object per line.
+    assert err.splitlines()[-1] == "error: 4 of 7 files could not be analysed (see their lines above)"
+    lines = [json.loads(line) for line in out.splitlines()]
     by_path = {line["path"]: line for line in lines}
     assert len(lines) == len(files) + 1
     for ok in ("good", "gray16", "palette"):
@@ -111,11 +114,16 @@ def test_cli_reports_each_file_and_goes_on(tmp_path, photo, capsys):
     assert "notes" in by_path[str(files["gray16"])]
 
 
-def test_cli_fails_only_when_every_file_fails(tmp_path, capsys):
+def test_cli_fails_when_any_file_fails(tmp_path, photo, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG garbage")
-    assert cli_main([str(bad)]) == 1
-    assert "error" in capsys.readouterr().out
+    good = tmp_path / "good.png"
+    good.write_bytes(encode_png(photo[:64, :64].copy()))
+    assert cli_main([str(bad), str(good)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{bad}: error:" in out and out.splitlines()[1].startswith(f"{good}: ")
+    assert err.splitlines()[-1] == "error: 1 of 2 files could not be analysed (see their lines above)"
+    assert cli_main([str(good)]) == 0
 
 
 def test_cli_expands_directories(tmp_path, photo, capsys):
@@ -199,12 +207,10 @@ def test_evaluate_scores_other_weights_given_on_the_command_line(tmp_path, photo
     assert np.array(snowy["confusion"])[:, snow].sum() == snowy["n"] == 8
     assert np.array(shipped["confusion"])[:, snow].sum() < shipped["n"]
     capsys.readouterr()
-    with pytest.raises(SystemExit):
-        ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "missing.safetensors")])
+    assert ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "missing.safetensors")]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
     (tmp_path / "garbage.safetensors").write_bytes(b"not weights")
-    with pytest.raises(SystemExit):
-        ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "garbage.safetensors")])
+    assert ev.main(["--out", str(tmp_path / "none"), *args, "--weights", str(tmp_path / "garbage.safetensors")]) == 2
     assert "garbage.safetensors: not a safetensors weights file" in capsys.readouterr().err
 
 

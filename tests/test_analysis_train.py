@@ -79,12 +79,12 @@ def test_photo_files_are_found_and_shrunk_to_the_benchmark_size(tmp_path):
     assert photos == (str((tmp_path / "wide.png").resolve()),)
     assert train.load_photo(photos[0]).shape == (600, train.FILE_SIDE, 3)
     (tmp_path / "wide.png").unlink()
-    with pytest.raises(SystemExit, match="no image files"):
+    with pytest.raises(ValueError, match="no image files"):
         train.photos_in([str(tmp_path)])
 
 
 def test_missing_package_photos_name_the_packages_to_install(tmp_path):
-    with pytest.raises(SystemExit, match="apt-get install opencv-doc plasma-workspace-wallpapers"):
+    with pytest.raises(FileNotFoundError, match="apt-get install opencv-doc plasma-workspace-wallpapers"):
         train.package_photos(tmp_path)
 
 

@@ -11,9 +11,14 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,11 +28,19 @@ import webdataset as wds
 
 from pipeline.download import DownloadOptions, download, main, parse_shard_range
 from pipeline.publish import build_manifest
-from pipeline.published import PublishedSet, ShardEntry, manifest_bytes, save_manifest
+from pipeline.published import (
+    PublishedSet,
+    ShardEntry,
+    load_manifest,
+    manifest_bytes,
+    save_manifest,
+)
 from pipeline.safe_tar import UnsafeTarError, check_tar
 from pipeline.sample_format import Sample, SampleMeta, decode_sample, encode_sample, make_key
 
 pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Fast back-off so retries cost milliseconds; short timeouts so a hung test fails instead of waiting.
 FAST = DownloadOptions(jobs=2, retries=3, backoff=0.01, backoff_max=0.05, timeout=5.0, progress=False)
@@ -69,6 +82,7 @@ class Mirror:
     cut_after[name] = n: the next response for that file stops after n body bytes and the
     connection is closed (once). tampered: names served with one byte changed. down: every
     request gets 503. ignore_range: Range headers are ignored (200 with the whole file).
+    trickle[name] = s: that file's body is sent in 20 pieces over s seconds (a slow link).
     requests records (method, path, Range header) of every request.
     """
 
@@ -78,6 +92,7 @@ class Mirror:
         self.tampered: set[str] = set()
         self.down = False
         self.ignore_range = False
+        self.trickle: dict[str, float] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -130,8 +145,13 @@ class Mirror:
         if head_only:
             return
         body = data[start:] if cut is None else data[start:start + cut]
-        handler.wfile.write(body)
-        handler.wfile.flush()
+        pieces = 20 if name in self.trickle else 1
+        step = -(-len(body) // pieces)
+        for i in range(0, len(body), step):
+            if i:
+                time.sleep(self.trickle[name] / pieces)
+            handler.wfile.write(body[i:i + step])
+            handler.wfile.flush()
         if cut is not None:
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_RDWR)
@@ -211,6 +231,70 @@ def test_full_download_then_second_run_makes_no_request(extraction, mirrors, tmp
     assert main([str(manifest_path), "--dest", str(dest), "--no-progress"]) == 0
     assert main([str(manifest_path), "--dest", str(dest), "--verify", "--no-progress"]) == 0
     assert mirror.requests == []
+
+
+def test_cli_leaves_an_index_the_trainer_reads_without_fetching(extraction, mirrors, tmp_path, capsys):
+    from restore.data import read_samples, resolve
+
+    mirror = mirrors[0]
+    manifest = manifest_for(extraction, mirror.url)
+    manifest_path = save_manifest(manifest, tmp_path / "published.json")
+    dest = tmp_path / "dest"
+    index = dest / "index.json"
+
+    assert main([str(manifest_path), "--dest", str(dest), "--shards", "0-1", "--no-progress"]) == 0
+    assert f"{index}: 2 of 3 shards; train on them with --shards {dest}" in capsys.readouterr().out
+    source = resolve(str(dest))  # the folder, as the trainer's --shards gets it
+    assert source.urls == (str(dest / "000000.tar"), str(dest / "000001.tar"))
+    assert source.samples == 6 and source.prior_preset == "tiny" and source.embedding_dims == {"E": 512, "W": 512}
+    assert load_manifest(dest / "published.json") == manifest
+
+    # The rest of the set later: the index grows to all of it, still local files only.
+    mirror.requests.clear()
+    assert main([str(dest / "published.json"), "--dest", str(dest), "--no-progress"]) == 0
+    assert [r[1] for r in shard_requests(mirror)] == ["/set/000002.tar"]
+    source = resolve(str(dest))
+    assert source.urls == tuple(str(dest / s.name) for s in manifest.shards) and source.samples == 9
+    assert len(list(read_samples(source.urls))) == 9
+
+
+def test_checking_an_extraction_against_its_manifest_keeps_its_own_index(extraction, tmp_path):
+    manifest_path = save_manifest(manifest_for(extraction, "https://example.invalid/set"), tmp_path / "published.json")
+    before = (extraction / "index.json").read_bytes()
+    assert main([str(manifest_path), "--dest", str(extraction), "--verify", "--no-progress"]) == 0
+    assert (extraction / "index.json").read_bytes() == before
+
+
+def test_ctrl_c_says_what_is_complete_and_a_rerun_resumes(extraction, mirrors, tmp_path):
+    mirror = mirrors[0]
+    manifest_path = save_manifest(manifest_for(extraction, mirror.url), tmp_path / "published.json")
+    dest = tmp_path / "dest"
+    mirror.trickle["000001.tar"] = 4.0
+    command = [sys.executable, "-m", "pipeline.download", str(manifest_path), "--dest", str(dest), "--jobs", "1",
+               "--no-progress"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    part = dest / "000001.tar.part"
+    deadline = time.time() + 120
+    while not part.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"interrupted: 1 of 3 shards are complete and verified in {dest}; partly downloaded ones are kept as "
+        ".part files: rerun the same command to resume"]
+    assert (dest / "000000.tar").is_file() and part.is_file()
+    assert not (dest / "000001.tar").exists() and not (dest / "000002.tar").exists()
+
+    mirror.trickle.clear()
+    mirror.requests.clear()
+    assert main([str(manifest_path), "--dest", str(dest), "--no-progress"]) == 0
+    assert "/set/000000.tar" not in [r[1] for r in shard_requests(mirror)]
+    for shard in sorted(extraction.glob("*.tar")):
+        assert (dest / shard.name).read_bytes() == shard.read_bytes()
 
 
 def test_progress_bars_count_files_and_bytes(extraction, mirrors, tmp_path, capsys):

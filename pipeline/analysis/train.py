@@ -21,6 +21,7 @@ sets in shared/data) is used. Seeded; about 20 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pipeline import degrade
+from pipeline import cli, degrade
 from pipeline.analysis.classifier import ANALYSED_TYPES, WEIGHTS, Classifier, transform
 from pipeline.analysis.features import measure, shrink
 from pipeline.image_files import images_in, load_rgb
@@ -73,13 +74,15 @@ FILE_SIDE = 1024
 
 
 def package_photos(share: Path = SHARE) -> tuple[str, ...]:
-    """PACKAGE_PHOTOS as paths under ``share``; exits naming the packages when one is missing."""
+    """PACKAGE_PHOTOS as paths under ``share``; raises FileNotFoundError naming the packages when one
+    is missing."""
     paths = tuple(str(share / p) for p in PACKAGE_PHOTOS)
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise SystemExit(f"{len(missing)} training photos missing, e.g. {missing[0]}: install them with "
-                         "`apt-get install opencv-doc plasma-workspace-wallpapers lomiri-wallpapers-16.04` "
-                         "(or pass --share DIR, or --installed-only to train on the scikit-image photos alone)")
+        raise FileNotFoundError(f"{len(missing)} training photos missing, e.g. {missing[0]}: install them with "
+                                "`apt-get install opencv-doc plasma-workspace-wallpapers lomiri-wallpapers-16.04` "
+                                "(or pass --share DIR, or --installed-only to train on the scikit-image photos "
+                                "alone)")
     return paths
 
 
@@ -94,7 +97,7 @@ def photos_in(folders: list[str]) -> tuple[str, ...]:
     installed ones (absolute, so that ``load_photo`` never mistakes one for an installed name)."""
     files = [str(f.resolve()) for d in folders for f in images_in(d)]
     if folders and not files:
-        raise SystemExit(f"--photo-dir {' '.join(folders)}: no image files there")
+        raise ValueError(f"--photo-dir {' '.join(folders)}: no image files there")
     return tuple(files)
 
 
@@ -382,21 +385,28 @@ def load_examples(path: str) -> list[Example]:
         return [Example(f, y, str(p)) for f, y, p in zip(z["features"], z["labels"], z["photos"])]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(WEIGHTS))
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.analysis.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(WEIGHTS), help=f"classifier weights file to write (default: {WEIGHTS})")
     # 16 rather than 8 crops: 81.7 % instead of 79.6 % top-1 on held-out training photos (24: 81.8 %).
     ap.add_argument("--crops", type=int, default=16, help="crops per photo")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="processes measuring crops and fitting (default 2)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the crops, degradations and fit (default 0)")
     ap.add_argument("--examples", help="npz of measured examples: read it if it exists, else write it")
     ap.add_argument("--photo-dir", action="append", default=[],
                     help="a folder of clean photos to train on as well (repeatable); never evaluation photos")
     ap.add_argument("--share", type=Path, default=SHARE, help="where the packages' photos are installed")
     ap.add_argument("--installed-only", action="store_true",
                     help="train on the photos installed with scikit-image and matplotlib alone")
-    args = ap.parse_args(argv)
-    photos = PHOTOS + (() if args.installed_only else package_photos(args.share)) + photos_in(args.photo_dir)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        photos = PHOTOS + (() if args.installed_only else package_photos(args.share)) + photos_in(args.photo_dir)
+    except (ValueError, OSError) as e:  # a missing --photo-dir or packages' photos
+        return cli.fail(e)
     t0 = time.time()
     if args.examples and Path(args.examples).exists():
         examples = load_examples(args.examples)
@@ -417,7 +427,8 @@ def main(argv: list[str] | None = None) -> None:
                                "seed": args.seed,
                                "examples": len(examples), "held_out_photo_top1": round(val, 4)})
     print(f"wrote {args.out} ({time.time() - t0:.0f}s in all)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,7 @@ only on its seed: not on its batch-mates and not on the device it runs on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,25 @@ from pipeline.models.device import (
 )
 from pipeline.models.presets import DiffusionSettings
 from pipeline.models.sources import describe_source
+
+# presets.REFERENCE_PROMPT puts its quality words first because the pipeline's text encoders keep
+# only their first 77 tokens: a long caption losing its tail is expected. The tokenizer's and the
+# pipeline's warnings about it (the latter printing the lost words) tell a user nothing to act on.
+TRUNCATION_WARNINGS = ("Token indices sequence length is longer than the specified maximum sequence length",
+                       "The following part of your input was truncated because CLIP can only handle")
+
+
+class _DropTruncationWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TRUNCATION_WARNINGS)
+
+
+def _quiet_truncation(pipe: Any) -> None:
+    """Drop TRUNCATION_WARNINGS from the two loggers that emit them, and only those messages."""
+    for name in ("transformers.tokenization_utils_base", type(pipe).__module__):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTruncationWarnings) for f in logger.filters):
+            logger.addFilter(_DropTruncationWarnings())
 
 
 class ReferenceSynthesizer:
@@ -76,6 +96,7 @@ class ReferenceSynthesizer:
 def load_reference(settings: DiffusionSettings) -> ReferenceSynthesizer:
     """Load the pipeline with ``AutoPipelineForText2Image``; xformers attention when installed on a GPU."""
     from diffusers import AutoPipelineForText2Image
+    from diffusers.utils import is_accelerate_available
 
     path = tiny.resolve(settings.model)
     device = pick_device()
@@ -83,8 +104,12 @@ def load_reference(settings: DiffusionSettings) -> ReferenceSynthesizer:
     kwargs = hub_kwargs(settings.revision)
     if settings.variant is not None:
         kwargs["variant"] = settings.variant
+    # Without accelerate diffusers loads this way anyway, after a warning to install it: saying so
+    # up front keeps the warning out of every run. With accelerate, its faster loading is used.
+    kwargs["low_cpu_mem_usage"] = is_accelerate_available()
     pipe = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, **kwargs).to(device)
     pipe.set_progress_bar_config(disable=True)
+    _quiet_truncation(pipe)
     # diffusers' default attention processor already uses torch SDPA.
     attention = "sdpa"
     if device.type == "cuda" and xformers_available():

@@ -16,11 +16,13 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
 import torch
 
+from pipeline import cli
 from pipeline.image_files import sha256_file
 from pipeline.models.presets import TINY_SCHEME
 
@@ -274,14 +276,24 @@ def resolve(name_or_path: str) -> str:
     return str(ensure_tiny()[name])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build lmdir's tiny random models offline.")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.models.tiny",
+                                     description="Build lmdir's tiny random models offline.")
     parser.add_argument("--out", default=None, help=f"cache folder (default: {default_cache_dir()})")
-    args = parser.parse_args(argv)
-    for name, path in ensure_tiny(args.out).items():
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        built = ensure_tiny(args.out)
+    except OSError as e:  # an --out that cannot be created or written
+        return cli.fail(e)
+    for name, path in built.items():
         print(f"{name}: {path}")
     print(f"fingerprint: {fingerprint(args.out)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
