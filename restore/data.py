@@ -1,10 +1,11 @@
 """Prior shards and on-the-fly synthetic pairs streamed into restorer batches, exactly resumable.
 
-``--shards`` (SPEC) may be a brace pattern of local tars (``out/{000000..000003}.tar``), an
-extraction's ``index.json``, a published-set manifest (path or URL; its shards are fetched and
-verified into the local cache first, see ``pipeline.shard_cache``) or a brace pattern of
-http(s) URLs. Decoding uses ``pipeline.sample_format.decode_sample`` only: webdataset's own
-decoders can unpickle, ours never do.
+``--shards`` (SPEC) may be local tars named by a brace pattern, a glob or both
+(``out/{000000..000003}.tar``, ``out/*.tar``, ``{a,b}/*.tar``), an extraction's folder or its
+``index.json``, a published-set manifest (path or URL; its shards are fetched and verified into
+the local cache first, see ``pipeline.shard_cache``) or a brace pattern of http(s) URLs.
+Decoding uses ``pipeline.sample_format.decode_sample`` only: webdataset's own decoders can
+unpickle, ours never do.
 
 The training stream of one rank is split into *logical workers*, one per DataLoader worker. A
 logical worker's stream is a sequence of epochs; epoch ``e`` draws shards with replacement
@@ -32,10 +33,12 @@ sample that breaks the format is skipped, counted per worker and logged at a lim
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
 import random
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -110,12 +113,32 @@ def _from_published(spec: str) -> ShardSource:
                        presets[0] if len(presets) == 1 else None, dict(manifest.embedding_dims))
 
 
+def _local_paths(spec: str) -> tuple[str, ...]:
+    """The files a local SPEC names: each brace alternative a path, or a glob's sorted matches."""
+    paths: list[str] = []
+    for pattern in braceexpand.braceexpand(spec):
+        # A file whose name holds glob characters is itself, not a pattern.
+        if any(c in pattern for c in "*?[") and not Path(pattern).exists():
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                part = "" if pattern == spec else f": {pattern}"
+                raise FileNotFoundError(f"--shards {spec}{part} matches no file")
+            paths.extend(matches)
+        else:
+            paths.append(pattern)
+    return tuple(paths)
+
+
 def resolve(spec: str) -> ShardSource:
     """Turn a ``--shards`` SPEC into shard paths or URLs (see the module docstring).
 
     Local tars named by a pattern take their sample counts from an ``index.json`` beside them,
-    when there is one. Raises FileNotFoundError naming a missing local shard.
+    when there is one. A folder stands for its ``index.json``, else for the tars in it. Raises
+    FileNotFoundError naming a missing local shard or a glob that matches nothing.
     """
+    if Path(spec).is_dir():
+        index = Path(spec) / INDEX
+        return _from_index(index) if index.is_file() else resolve(str(Path(spec) / "*.tar"))
     if shard_cache.is_manifest(spec):
         if _is_url(spec):
             return _from_published(spec)
@@ -126,9 +149,9 @@ def resolve(spec: str) -> ShardSource:
         if isinstance(raw, dict) and raw.get("schema") == PUBLISHED_SCHEMA:
             return _from_published(spec)
         return _from_index(path)
-    urls = tuple(braceexpand.braceexpand(spec))
     if _is_url(spec):
-        return ShardSource(urls)
+        return ShardSource(tuple(braceexpand.braceexpand(spec)))
+    urls = _local_paths(spec)
     missing = [u for u in urls if not Path(u).is_file()]
     if missing:
         raise FileNotFoundError(f"--shards {spec}: {len(missing)} of {len(urls)} shard files do not exist, "
@@ -463,7 +486,11 @@ def batches_per_epoch(samples: int, batch_size: int, world: int, workers: int) -
     return max(1, math.ceil(samples / (batch_size * world * workers)))
 
 
-def _single_threaded(_: int) -> None:
+def _init_worker(_: int) -> None:
+    # Ctrl-C reaches the whole process group, but the trainer answers it by finishing its step
+    # and saving a checkpoint (restore.train): its workers must live on to deliver that step's
+    # batches. The DataLoader stops them when the trainer is done with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Workers decode, crop, degrade and analyse with numpy, OpenCV and BLAS; thread pools of their
     # own in every worker would compete with the training process for the same cores (measured:
     # an unpinned worker spun two cores and took 80 ms per synthetic sample instead of 30).
@@ -481,7 +508,7 @@ def train_loader(config: StreamConfig, rank: int, world: int, workers: int, star
     # analysis) in a broken state, and the worker then hangs on its first threaded call.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=_single_threaded if workers > 0 else None,
+                      worker_init_fn=_init_worker if workers > 0 else None,
                       multiprocessing_context="forkserver" if workers > 0 else None)
 
 

@@ -33,6 +33,7 @@ A progress bar with a time estimate goes to stderr. With ``--out``, each image's
 appended to ``results.jsonl`` as soon as it is measured (with ``restored/KEY.png``, the
 restoration of the first convention scored), so an interrupted run keeps what it measured;
 ``results.md`` (the table) is written at the end, or on Ctrl-C for the images done so far.
+Evaluation does not resume: a rerun scores every image again and starts results.jsonl afresh.
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import cli
 from pipeline import manifest as manifest_io
 from pipeline.analysis.analyze import analyze
 from pipeline.image_files import decode_rgb, read_bytes, save_png
 from pipeline.sample_format import Sample
+from pipeline.shard_cache import ShardUnavailable
 from restore import checkpoint, data, metrics
 from restore.model import Restorer
 from restore.priors_online import ANALYSIS_ONLY, PRESET_CHOICES, OnlinePriors, load_or_analysis_only
@@ -198,6 +201,13 @@ def _rows(manifests: list[str], split: str | None, limit: int | None) -> list[di
         rows = rows[:limit]
     if not rows:
         raise ValueError(f"{', '.join(manifests)}: no rows of split {split!r}")
+    # Before the model and the prior models load: a manifest of images that are not there (test
+    # sets not downloaded, or moved) is one error, not a failure minutes later at the first image.
+    local = [u for r in rows for u in (r["lq_uri"], r["gt_uri"]) if u and ("://" not in u or u.startswith("file://"))]
+    missing = [u for u in local if not Path(u.removeprefix("file://")).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(manifests)}: {len(missing)} of {len(local)} image files do not "
+                                f"exist, e.g. {missing[0]}")
     return rows
 
 
@@ -265,9 +275,9 @@ def evaluate_images(checkpoint_path: str | Path, manifests: list[str], shards: s
     setup.conventions()  # an unknown convention fails before the model loads
     if tile < 0 or 0 < tile < 8:
         raise ValueError(f"tile {tile}: use 0 (whole images) or a tile size of at least 8 pixels")
+    rows = _rows(manifests, split, limit)
     dev = pick_device(device)
     model, trained_preset = load_restorer(checkpoint_path, dev)
-    rows = _rows(manifests, split, limit)
     labels = column_labels(rows)
     from_shards = _samples_from_shards(shards, rows) if shards else {}
     online: OnlinePriors | None = None
@@ -380,7 +390,7 @@ def table(results: list[ImageResult], method: str = "lmdir restorer") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m restore.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
     ap.add_argument("--manifest", required=True, nargs="+", help="test-set manifest parquet(s)")
@@ -399,21 +409,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="folder for restored images, results.jsonl and results.md")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N rows")
     add_device_arguments(ap)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     use_threads(args.threads)
     results: list[ImageResult] = []
+    status = 0
     try:
         for result in evaluate_images(args.checkpoint, args.manifest, args.shards, args.preset,
                                       None if args.split == "all" else args.split, args.y_channel, args.tile,
                                       args.out, args.limit, args.device, args.convention):
             results.append(result)
+    except (FileNotFoundError, ValueError, ShardUnavailable) as e:  # the checkpoint, manifests, images, shards
+        return cli.fail(e)
     except KeyboardInterrupt:
-        kept = f"; {Path(args.out) / RESULTS_FILE} holds them" if args.out else ""
-        print(f"\ninterrupted: the table below covers the {len(results)} images scored so far{kept}",
-              file=sys.stderr)
-        status = 130
-    else:
-        status = 0
+        # results.jsonl is started afresh by every run: there is nothing to resume from.
+        kept = (f"their results are in {Path(args.out) / RESULTS_FILE} and the table below (also results.md)"
+                if args.out else "the table below covers them (nothing was saved: no --out)")
+        status = cli.interrupted(f"after {len(results)} images; {kept}; evaluation does not resume, "
+                                 "a rerun scores every image again")
     if not results:
         return status
     text = table(results)

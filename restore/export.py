@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from pipeline import cli
 from pipeline.image_files import sha256_file
 from restore import checkpoint
 from restore.model import Restorer, count_parameters
@@ -109,19 +110,22 @@ def export(source: str | Path, out: str | Path = checkpoint.SHIPPED, prior_prese
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m restore.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="run folder or checkpoint folder")
     ap.add_argument("--out", default=str(checkpoint.SHIPPED),
                     help="output folder (default: the checkpoint shipped inside the package)")
     ap.add_argument("--prior-preset", default=None, choices=PRESET_CHOICES,
                     help="the prior preset the restorer was trained with, when its training state does not say")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         record = export(args.source, args.out, args.prior_preset)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.fail(e, status=1)
     print(f"{record['source']} (step {record['step']}, prior preset {record['prior_preset']}) -> {args.out}: "
           f"{record['parameters']:,} parameters, {record['weights_bytes'] / 1e6:.1f} MB fp16, "
           f"sha256 {record['weights_sha256'][:12]}")

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import cli
 from pipeline.analysis.features import MIN_SIDE as ANALYSIS_MIN_SIDE
 from pipeline.image_files import (
     MAX_PIXELS,
@@ -170,7 +171,7 @@ def restore_images(checkpoint_path: str | Path | None, images: list[str], out: s
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m restore.infer", description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="+", help="image files (or folders of them) to restore")
     ap.add_argument("--checkpoint", default=None,
@@ -187,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default=None, choices=PRESET_CHOICES,
                     help="prior models to use (default: the preset the restorer was trained with)")
     add_device_arguments(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.tile is not None and args.tile < 8:
         ap.error(f"--tile must be at least 8 pixels, got {args.tile}")
@@ -197,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         written = restore_images(args.checkpoint, args.images, args.out, user, args.tile, args.side_by_side,
                                  args.preset, args.device, max_pixels=args.max_pixels, failures=failures)
     except (FileNotFoundError, ValueError) as e:  # the checkpoint: missing, unreadable, not a restorer
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return cli.fail(e, status=1)
     total = len(written) + len(failures)
     if failures:
         why = "; ".join(f"{f.image}: {f.reason}" for f in failures)

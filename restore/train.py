@@ -13,7 +13,8 @@ examples come from the shards and every batch mixes the two. Under
 torchrun each process is one rank (NCCL on GPUs, gloo on the CPU); without it the same code runs
 as a single rank. Every random choice derives from the seed, the rank and the position in the
 data, and a checkpoint holds all of it, so ``--resume`` continues a killed run exactly where its
-last checkpoint left it. The run folder holds the resolved config (config.yaml), metrics.jsonl,
+last checkpoint left it. Ctrl-C finishes the current step and saves a checkpoint of it first (a
+second Ctrl-C stops at once). The run folder holds the resolved config (config.yaml), metrics.jsonl,
 TensorBoard events (tb/), validation grids (val/), curve.png and checkpoints/ (restore.checkpoint).
 """
 
@@ -26,9 +27,12 @@ import json
 import math
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pipeline import typed_config
+from pipeline import cli, typed_config
+from pipeline.shard_cache import ShardUnavailable
 from restore import checkpoint, data
 from restore.data import Position
 from restore.model import Restorer, RestorerConfig, drop_priors, preset
@@ -208,6 +213,49 @@ def restorer_config(config: TrainConfig, widths: Mapping[str, int]) -> RestorerC
     return typed_config.override_dataclass(preset(config.model, **widths), config.model_overrides, "model_overrides")
 
 
+def _fields(settings: Any, prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(dotted name, declared type, value) of each field of a dataclass, nested ones flattened."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", str(f.type), value
+
+
+def settings_help() -> str:
+    """The keys ``--set`` and a --config file take, with their types and defaults, read from
+    TrainConfig and RestorerConfig themselves."""
+    lines = ["settings (--set KEY=VALUE, or KEY: VALUE in the --config YAML), as type = default:"]
+    lines += [f"  {name}: {kind} = {value!r}" for name, kind, value in _fields(TrainConfig())
+              if name != "model_overrides"]
+    lines.append("  model_overrides: the restorer's settings, by default the `model` preset's:")
+    lines += [f"    model_overrides.{name}: {kind}" for name, kind, _ in _fields(RestorerConfig())]
+    return "\n".join(lines)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C ended training after ``step`` optimizer steps."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
+class _CtrlC:
+    """The training loop's SIGINT handler: the first Ctrl-C asks the loop to stop after this step,
+    a second one stops it at once (KeyboardInterrupt, Python's default)."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.pressed = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # os.write, not print: the handler may run in the middle of a print to stderr (tqdm's bar).
+        os.write(2, b"\nCtrl-C: saving a checkpoint after this step (Ctrl-C again to stop without it)\n")
+
+
 @dataclass
 class Progress:
     """Where this rank's training stands (what a checkpoint must restore besides the weights)."""
@@ -301,6 +349,7 @@ def fit(config: TrainConfig, resume: bool = False,
         # test score that the test data helped select.
         raise ValueError("val_split 'test': validate (and choose the best checkpoint) on a validation "
                          "split, never on a test split; use --val-shards or a 'val' split")
+    restorer_config(config, {})  # a bad model or model_overrides fails before data and models load
     env = setup_distributed(config.device)
     if env.device.type == "cpu":
         share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -383,70 +432,88 @@ def fit(config: TrainConfig, resume: bool = False,
     bar = tqdm(total=config.steps, initial=progress.step, disable=not env.main, desc="train", unit="step",
                dynamic_ncols=True)
     started, window_loss, window_steps = time.time(), 0.0, 0
-    while progress.step < config.steps:
-        lr = get_lr(progress.step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step_loss = 0.0
-        for micro in range(config.accumulate):
-            batch = next(batches)
-            logical = int(batch["position"][0])
-            progress.positions[logical] = Position(*(int(v) for v in batch["position"][1:]))
-            progress.skipped[logical] = int(batch["skipped"][1])
-            progress.batches += 1
-            lq, gt = batch["lq"].to(env.device, non_blocking=True), batch["gt"].to(env.device, non_blocking=True)
-            priors = drop_priors(data.batch_priors(batch), dropout, dropout_rng).to(env.device)
-            sync = micro == config.accumulate - 1 or env.world == 1
-            context = model.no_sync() if not sync else contextlib.nullcontext()
-            with context, autocast(env.device, config.amp):
-                loss = restoration_loss(model(lq, priors).float(), gt, config.fft_weight)
-            (loss / config.accumulate).backward()
-            step_loss += loss.item() / config.accumulate
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(raw, progress.step)
-        progress.step += 1
-        window_loss, window_steps = window_loss + step_loss, window_steps + 1
-        bar.update(1)
-        logs = {"loss": step_loss, "lr": lr}
-        if env.main and (progress.step % config.log_every == 0 or progress.step == config.steps):
-            elapsed = time.time() - started
-            record = {"step": progress.step, "loss": window_loss / window_steps, "lr": lr,
-                      "samples_seen": progress.batches * config.batch_size * env.world,
-                      "train_images_per_s": window_steps * config.accumulate * config.batch_size * env.world
-                      / max(elapsed, 1e-9),
-                      "train_skipped": sum(progress.skipped.values())}
-            _log(run, record, writer)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
-            started, window_loss, window_steps = time.time(), 0.0, 0
-        final = progress.step == config.steps
-        best = False
-        if (progress.step % config.val_every == 0 or final) and val_samples:
-            scores = validate(ema.module, val_samples, env.device, run / "val" / f"step_{progress.step:08d}.png",
-                              config.val_tile, config.amp)
-            record = {"step": progress.step, "val_psnr": scores.psnr, "val_ssim": scores.ssim,
-                      "val_input_psnr": scores.input_psnr,
-                      **{f"val_psnr_{t}": v[0] for t, v in scores.per_task.items()},
-                      **{f"val_ssim_{t}": v[1] for t, v in scores.per_task.items()}}
-            _log(run, record, writer)
-            plot_curve(run / "metrics.jsonl", run / "curve.png")
-            tqdm.write(f"step {progress.step}: validation PSNR {scores.psnr:.2f} dB, SSIM {scores.ssim:.4f} "
-                       f"({sum(v[2] for v in scores.per_task.values())} images)")
-            best = scores.psnr > progress.best_psnr
-            progress.best_psnr = max(progress.best_psnr, scores.psnr)
-        if env.world > 1:
-            flag = torch.tensor([float(best)], device=env.device)
-            dist.broadcast(flag, 0)
-            best = bool(flag.item())
-        if progress.step % config.save_every == 0 or final or best:
-            _save(config, env, run, raw, ema, optimizer, progress, dropout_rng, prior_preset, best)
-        if on_step is not None:
-            on_step(progress.step, logs)
-    bar.close()
-    if writer is not None:
-        writer.close()
+    # Ctrl-C between saves would lose up to save_every steps (an hour of the CPU recipe). Finishing
+    # the step and saving costs a step and a save, and a checkpoint at a step's end is what a
+    # scheduled save writes, so --resume continues exactly. Only without torchrun: its ranks would
+    # have to agree on the step to stop at, so there Ctrl-C stops at once and the last scheduled
+    # checkpoint stands. (A signal handler can only be set from the main thread.)
+    ctrl_c = _CtrlC()
+    catch = env.world == 1 and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, ctrl_c) if catch else None
+    stop = False
+    try:
+        while progress.step < config.steps and not stop:
+            lr = get_lr(progress.step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for micro in range(config.accumulate):
+                batch = next(batches)
+                logical = int(batch["position"][0])
+                progress.positions[logical] = Position(*(int(v) for v in batch["position"][1:]))
+                progress.skipped[logical] = int(batch["skipped"][1])
+                progress.batches += 1
+                lq, gt = batch["lq"].to(env.device, non_blocking=True), batch["gt"].to(env.device, non_blocking=True)
+                priors = drop_priors(data.batch_priors(batch), dropout, dropout_rng).to(env.device)
+                sync = micro == config.accumulate - 1 or env.world == 1
+                context = model.no_sync() if not sync else contextlib.nullcontext()
+                with context, autocast(env.device, config.amp):
+                    loss = restoration_loss(model(lq, priors).float(), gt, config.fft_weight)
+                (loss / config.accumulate).backward()
+                step_loss += loss.item() / config.accumulate
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(raw, progress.step)
+            progress.step += 1
+            window_loss, window_steps = window_loss + step_loss, window_steps + 1
+            bar.update(1)
+            logs = {"loss": step_loss, "lr": lr}
+            if env.main and (progress.step % config.log_every == 0 or progress.step == config.steps):
+                elapsed = time.time() - started
+                record = {"step": progress.step, "loss": window_loss / window_steps, "lr": lr,
+                          "samples_seen": progress.batches * config.batch_size * env.world,
+                          "train_images_per_s": window_steps * config.accumulate * config.batch_size * env.world
+                          / max(elapsed, 1e-9),
+                          "train_skipped": sum(progress.skipped.values())}
+                _log(run, record, writer)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
+                started, window_loss, window_steps = time.time(), 0.0, 0
+            final = progress.step == config.steps
+            best = False
+            if (progress.step % config.val_every == 0 or final) and val_samples:
+                scores = validate(ema.module, val_samples, env.device, run / "val" / f"step_{progress.step:08d}.png",
+                                  config.val_tile, config.amp)
+                record = {"step": progress.step, "val_psnr": scores.psnr, "val_ssim": scores.ssim,
+                          "val_input_psnr": scores.input_psnr,
+                          **{f"val_psnr_{t}": v[0] for t, v in scores.per_task.items()},
+                          **{f"val_ssim_{t}": v[1] for t, v in scores.per_task.items()}}
+                _log(run, record, writer)
+                plot_curve(run / "metrics.jsonl", run / "curve.png")
+                tqdm.write(f"step {progress.step}: validation PSNR {scores.psnr:.2f} dB, SSIM {scores.ssim:.4f} "
+                           f"({sum(v[2] for v in scores.per_task.values())} images)")
+                best = scores.psnr > progress.best_psnr
+                progress.best_psnr = max(progress.best_psnr, scores.psnr)
+            if env.world > 1:
+                flag = torch.tensor([float(best)], device=env.device)
+                dist.broadcast(flag, 0)
+                best = bool(flag.item())
+            stop = ctrl_c.pressed
+            if progress.step % config.save_every == 0 or final or best or stop:
+                _save(config, env, run, raw, ema, optimizer, progress, dropout_rng, prior_preset, best)
+            if on_step is not None:
+                on_step(progress.step, logs)
+    except KeyboardInterrupt:  # a second Ctrl-C, or any under torchrun: no checkpoint of this step
+        raise Interrupted(progress.step) from None
+    finally:
+        if catch:
+            signal.signal(signal.SIGINT, previous)
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if progress.step < config.steps:
+        raise Interrupted(progress.step)
     return raw
 
 
@@ -459,25 +526,53 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     return Path(config.out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m restore.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shards", default=None, help="training shards: brace pattern, index.json, manifest or URLs")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m restore.train", description=__doc__.split("\n\n")[0],
+                                 epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", default=None,
+                    help="training shards: tars by brace pattern or glob, an extraction folder or index.json, "
+                         "a published-set manifest, or URLs")
     ap.add_argument("--val-shards", default=None, help="validation shards (default: --shards, split val_split)")
-    ap.add_argument("--config", default=None, help="YAML file of TrainConfig fields")
+    ap.add_argument("--config", default=None, help="YAML file of the settings below")
     ap.add_argument("--out", default=None, help="run folder (default: runs/restorer)")
     ap.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field, e.g. lr=1e-3 or model_overrides.dim=16")
+                    help="override a setting (listed below), e.g. lr=1e-3 or model_overrides.dim=16")
+    return ap
+
+
+def interrupted(config: TrainConfig, step: int | None, argv: list[str]) -> str:
+    """What a Ctrl-C at ``step`` (None: before training began) leaves, and the command that resumes."""
+    stopped = f"at step {step}" if step is not None else "before the first step"
+    last = Path(config.out) / "checkpoints" / checkpoint.LAST
+    state = checkpoint.read_state(last) if last.is_dir() else None
+    if state is None:
+        return f"{stopped}; no checkpoint in {last.parent} yet, so a rerun starts from step 0"
+    command = shlex.join(["python", "-m", "restore.train", *argv, *([] if "--resume" in argv else ["--resume"])])
+    return (f"{stopped}; last checkpoint: step {state['step']} in {last.resolve()}; "
+            f"resume with: {command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = build_parser()
     args = ap.parse_args(argv)
     fields = {k: v for k, v in (("shards", args.shards), ("val_shards", args.val_shards), ("out", args.out))
               if v is not None}
     try:
         config = load_config(args.config, typed_config.parse_sets(args.set), **fields)
-    except ValueError as e:
-        ap.error(str(e))
+    except (FileNotFoundError, ValueError) as e:
+        return cli.fail(e)
     if not config.shards and not config.synthesis.enabled:
         ap.error("--shards is required (or shards: or synthesis: in the --config file)")
-    run = train(config, args.resume)
+    try:
+        run = train(config, args.resume)
+    except (FileNotFoundError, ValueError, ShardUnavailable) as e:  # the data, a checkpoint, a setting
+        return cli.fail(e)
+    except KeyboardInterrupt as e:
+        if int(os.environ.get("RANK", 0)) != 0:  # under torchrun: rank 0 speaks for all
+            return cli.INTERRUPTED
+        return cli.interrupted(interrupted(config, e.step if isinstance(e, Interrupted) else None, argv))
     print(f"run folder: {run}")
     return 0
 

@@ -147,7 +147,10 @@ def test_ctrl_c_keeps_what_was_measured_and_prints_its_table(test_set, scored_se
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
     text = (out / "results.md").read_text()
     assert "Interrupted: 2 images scored." in text and "| lmdir restorer [lmdir] |" in text
-    assert "| lmdir restorer [lmdir] |" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "| lmdir restorer [lmdir] |" in printed.out
+    assert f"interrupted: after 2 images; their results are in {out / 'results.jsonl'}" in printed.err
+    assert "evaluation does not resume" in printed.err
 
 
 def test_tiles_only_when_asked_and_the_footer_says_so(test_set, scored_set):
