@@ -30,9 +30,10 @@ import numpy as np
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from pipeline.image_files import MAX_PIXELS, ImageError, LoadedImage, save_png  # noqa: E402
+from restore import checkpoint as checkpoints  # noqa: E402
 from restore.app_examples import write_examples  # noqa: E402
 from restore.evaluate import add_device_arguments, load_restorer, pick_device, use_threads  # noqa: E402
-from restore.infer import read_image, resolve_checkpoint, restore_one  # noqa: E402
+from restore.infer import read_image, restore_one  # noqa: E402
 from restore.model.tiling import WHOLE_IMAGE_PIXELS  # noqa: E402
 from restore.priors_online import PRESET_CHOICES, UserPriors, load_or_analysis_only  # noqa: E402
 
@@ -87,7 +88,7 @@ class PhotoRestorer:
     def __init__(self, checkpoint: str | None = None, preset: str | None = None, device: str = "auto",
                  max_pixels: int = PAGE_MAX_PIXELS):
         self.device = pick_device(device)
-        self.checkpoint = resolve_checkpoint(checkpoint)
+        self.checkpoint = checkpoints.find(checkpoint)
         self.model, trained_preset = load_restorer(self.checkpoint, self.device)
         self.priors = load_or_analysis_only(preset or trained_preset or "analysis-only")
         self.max_pixels = max_pixels

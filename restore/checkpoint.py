@@ -204,9 +204,16 @@ def read_state(directory: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def find(path: str | Path) -> Path:
+def find(path: str | Path | None) -> Path:
     """The weights folder ``path`` names: a checkpoint or save_pretrained folder itself, or a run
-    folder, whose ``checkpoints/best`` (else ``checkpoints/last``) is taken."""
+    folder, whose ``checkpoints/best`` (else ``checkpoints/last``) is taken; None: the checkpoint
+    shipped in the package."""
+    if path is None:
+        if not (SHIPPED / "model.safetensors").is_file():
+            raise FileNotFoundError(f"no --checkpoint given and the shipped checkpoint {SHIPPED} is missing; "
+                                    "pass --checkpoint RUN_OR_CHECKPOINT, or export a trained run there with: "
+                                    "python -m restore.export runs/lmdir_cpu")
+        return SHIPPED
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path.resolve()

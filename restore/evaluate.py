@@ -1,6 +1,6 @@
 """Score a restorer on test sets and print the papers' table: PSNR/SSIM per dataset and the average.
 
-    python -m restore.evaluate --checkpoint RUN_OR_CHECKPOINT --manifest M.parquet [M2.parquet ...]
+    python -m restore.evaluate [--checkpoint RUN_OR_CHECKPOINT] --manifest M.parquet [M2.parquet ...]
                                [--shards SPEC] [--preset tiny|default|quality|analysis-only]
                                [--split test] [--convention both|lmdir|promptir] [--y-channel]
                                [--tile 0] [--out DIR] [--limit N]
@@ -161,7 +161,7 @@ def column_labels(rows: list[dict]) -> dict[str, str]:
     return labels
 
 
-def load_restorer(path: str | Path, device: torch.device) -> tuple[Restorer, str | None]:
+def load_restorer(path: str | Path | None, device: torch.device) -> tuple[Restorer, str | None]:
     """The restorer at ``path`` (run or checkpoint folder) in eval mode, and the prior preset
     its training shards were extracted with (None when the checkpoint does not say)."""
     folder = checkpoint.find(path)
@@ -264,7 +264,7 @@ def _evaluate_sample(sample: Sample, jpeg: bytes | None, column: str, setup: Set
     return ImageResult(has_gt=True, **scores, **common)
 
 
-def evaluate_images(checkpoint_path: str | Path, manifests: list[str], shards: str | None = None,
+def evaluate_images(checkpoint_path: str | Path | None, manifests: list[str], shards: str | None = None,
                     preset: str | None = None, split: str | None = "test", y_channel: bool = False, tile: int = 0,
                     out: str | Path | None = None, limit: int | None = None, device: str = "auto",
                     convention: str = DEFAULT_CONVENTION) -> Iterator[ImageResult]:
@@ -309,7 +309,7 @@ def evaluate_images(checkpoint_path: str | Path, manifests: list[str], shards: s
             yield result
 
 
-def evaluate(checkpoint_path: str | Path, manifests: list[str], shards: str | None = None,
+def evaluate(checkpoint_path: str | Path | None, manifests: list[str], shards: str | None = None,
              preset: str | None = None, split: str | None = "test", y_channel: bool = False, tile: int = 0,
              out: str | Path | None = None, limit: int | None = None, device: str = "auto",
              convention: str = DEFAULT_CONVENTION) -> list[ImageResult]:
@@ -392,7 +392,8 @@ def table(results: list[ImageResult], method: str = "lmdir restorer") -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m restore.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    ap.add_argument("--checkpoint", default=None,
+                    help="run folder or checkpoint folder (default: the checkpoint shipped in the package)")
     ap.add_argument("--manifest", required=True, nargs="+", help="test-set manifest parquet(s)")
     ap.add_argument("--shards", default=None, help="prior shards extracted from these manifests")
     ap.add_argument("--preset", default=None, choices=PRESET_CHOICES,

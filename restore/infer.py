@@ -73,17 +73,6 @@ class Failure:
     reason: str
 
 
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """The weights folder for ``path`` (run or checkpoint folder); None: the shipped checkpoint."""
-    if path is not None:
-        return checkpoint.find(path)
-    if not (checkpoint.SHIPPED / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no --checkpoint given and the shipped checkpoint {checkpoint.SHIPPED} is "
-                                "missing; pass --checkpoint RUN_OR_CHECKPOINT, or export a trained run "
-                                "there with: python -m restore.export runs/lmdir_cpu")
-    return checkpoint.SHIPPED
-
-
 def expand(images: list[str]) -> list[str]:
     """Image paths with each folder replaced by the image files directly inside it (a folder
     without any stays, to be reported)."""
@@ -133,7 +122,7 @@ def restore_images(checkpoint_path: str | Path | None, images: list[str], out: s
     stderr, appended to ``failures`` when given, and skipped: one bad file never stops the batch.
     """
     dev = pick_device(device)
-    model, trained_preset = load_restorer(resolve_checkpoint(checkpoint_path), dev)
+    model, trained_preset = load_restorer(checkpoint.find(checkpoint_path), dev)
     priors = priors or load_or_analysis_only(preset or trained_preset or ANALYSIS_ONLY)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

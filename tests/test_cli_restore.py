@@ -223,3 +223,13 @@ def test_ctrl_c_from_the_terminal_stops_training_with_status_130_and_the_command
     assert f"resumed from {folder} at step {step}" in capsys.readouterr().err
     assert checkpoint.read_state(run / "checkpoints" / "last")["step"] == step + 1
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()][-1] == step + 1
+
+
+def test_evaluate_without_a_checkpoint_scores_the_shipped_one(test_set, tmp_path):
+    path, _ = test_set
+    out = tmp_path / "eval"
+    assert evaluate.main(["--manifest", str(path), "--out", str(out), "--limit", "1", "--threads", "1"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 1
+    # The shipped restorer takes σ=15 noise well above its input; the tiny random one could not.
+    assert records[0]["psnr"] > records[0]["psnr_in"] + 3
