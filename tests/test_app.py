@@ -183,3 +183,20 @@ def test_the_analysis_table_reads_every_estimate(shared_data):
     for row in ("noise σ", "JPEG quality", "exposure", "haze", "rain", "480 × 320 px, PNG"):
         assert row in table
     assert "streaks at" in table
+
+
+def test_a_photo_over_a_megapixel_is_restored_in_tiles_with_progress(page, shared_data, tmp_path):
+    import cv2
+
+    big = tmp_path / "big_rain.png"
+    pixels = load_rgb(str(shared_data / RAIN)).pixels
+    Image.fromarray(cv2.resize(pixels, (1260, 840), interpolation=cv2.INTER_CUBIC)).save(big)  # 1.06 MP
+    upload(page, big)
+    page.wait_for_selector("#analysis :text('Analysis:')", timeout=60_000)
+    page.click("#restore")
+    # Gradio shows the tile bar (restore_tiled's tqdm) while the tiles run.
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.progress-text, .meta-text, .meta-text-center'))"
+                           ".some(e => /\\d+\\/\\d+ tile/.test(e.innerText))", timeout=180_000)
+    page.wait_for_selector("#download a", timeout=300_000)
+    assert "(1260 × 840 px, in tiles)" in page.inner_text("#status")
+    assert restored_pixels(page).shape == (840, 1260, 3)
