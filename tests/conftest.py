@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import signal
 import struct
 import zlib
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child process a test will Ctrl-C: SIGINT as a terminal's foreground job
+    has it. A test run started in the background inherits SIGINT ignored, and Python keeps an
+    ignored SIGINT ignored, so the child would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture

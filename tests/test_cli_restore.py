@@ -23,6 +23,7 @@ from pipeline.image_files import save_png
 from restore import checkpoint, data, demo, evaluate, export, infer, train
 from restore.model import Restorer, tiny
 from restore.model import __main__ as model_cli
+from tests.conftest import interruptible
 from tests.test_data import WIDTH, pattern, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,12 +187,13 @@ def test_ctrl_c_in_training_saves_the_step_and_resume_goes_on_from_it(shard_inde
         if step == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(train.Interrupted) as stopped:
         train.fit(config, on_step=ctrl_c_at_two)
     assert stopped.value.step == 3  # the step under way when the signal arrived is finished, and saved
     last = tmp_path / "run" / "checkpoints" / "last"
     assert checkpoint.read_state(last)["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == before  # training's own handler is gone
     train.fit(config, resume=True)
     assert checkpoint.read_state(last)["step"] == 4
 
@@ -202,7 +204,7 @@ def test_ctrl_c_from_the_terminal_stops_training_with_status_130_and_the_command
     # A DataLoader worker too: Ctrl-C in a terminal signals the whole process group.
     args = tiny_run(shard_index, run, steps=1000, workers=1)
     child = subprocess.Popen([sys.executable, "-m", "restore.train", *args], cwd=REPO, stderr=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                             stdout=subprocess.DEVNULL, text=True, start_new_session=True, preexec_fn=interruptible,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 240

@@ -37,6 +37,7 @@ from pipeline.published import (
 )
 from pipeline.safe_tar import UnsafeTarError, check_tar
 from pipeline.sample_format import Sample, SampleMeta, decode_sample, encode_sample, make_key
+from tests.conftest import interruptible
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -273,7 +274,7 @@ def test_ctrl_c_says_what_is_complete_and_a_rerun_resumes(extraction, mirrors, t
     command = [sys.executable, "-m", "pipeline.download", str(manifest_path), "--dest", str(dest), "--jobs", "1",
                "--no-progress"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=interruptible)
     part = dest / "000001.tar.part"
     deadline = time.time() + 120
     while not part.exists() and proc.poll() is None and time.time() < deadline:

@@ -24,6 +24,7 @@ from pipeline import extract, extract_config, manifest, shards
 from pipeline import sample_format as sf
 from pipeline.image_files import decode_rgb, encode_png, sha256_hex
 from pipeline.models import presets
+from tests.conftest import interruptible
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small batches: several batches per stage, and a failing sample shares a batch with good ones.
@@ -203,7 +204,7 @@ def test_ctrl_c_says_how_many_shards_are_complete_and_how_to_resume(tmp_path, ra
     path = _write_manifest(many, tmp_path / "many.parquet")
     one_by_one = {f"stages.{s}.batch_size": "1" for s in extract.STAGE_NAMES}
     out = tmp_path / "out"
-    proc = _run_cli(path, out, one_by_one, "--preset", "offline", start_new_session=True)
+    proc = _run_cli(path, out, one_by_one, "--preset", "offline", start_new_session=True, preexec_fn=interruptible)
     deadline = time.time() + 600
     while not list(out.glob("*_stats.json")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
