@@ -5,12 +5,13 @@ batch size; both times include loading the models. Prints samples/s of each, the
 (pipeline / loop: above 1 means orchestration costs less than the overlap of stages gains) and
 the per-stage time split of each.
 
-    python bench/extract.py [--samples 252] [--preset tiny] [--batch-size 8] [--num-cpus 2]
+    python bench/extract.py [--samples 252] [--preset offline] [--batch-size 8] [--num-cpus 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from collections import defaultdict
@@ -19,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import demo_data, extract, extract_config, manifest, stages
+from pipeline import demo_data, extract, extract_config, manifest
 
 
 def plain_loop(rows: list[dict], config: extract_config.ExtractConfig, batch_size: int) -> tuple[float, dict]:
@@ -32,20 +33,16 @@ def plain_loop(rows: list[dict], config: extract_config.ExtractConfig, batch_siz
     import torch
 
     torch.set_num_threads(1)
-    models = config.resolved_models()
     seconds: dict[str, float] = defaultdict(float)
     start = time.perf_counter()
     t = time.perf_counter()
-    analysis = stages.AnalysisStage()
-    describer = stages.DescriberStage(models.mllm, config.analysis_hint)
-    captioner = stages.CaptionerStage(models.mllm)
-    reference = stages.ReferenceStage(models.diffusion)
-    clip = stages.ClipStage(models.clip)
+    # The same stages, built the same way, as the pipeline runs for this preset.
+    steps = [(step.name, step.fn(**step.kwargs) if step.actor else functools.partial(step.fn, **step.kwargs))
+             for step in extract.stage_plan(config, config.resolved_models())]
     seconds["load"] = time.perf_counter() - t
     for i in range(0, len(rows), batch_size):
         batch = {k: [r[k] for r in rows[i:i + batch_size]] for k in rows[0]}
-        for name, fn in (("decode", lambda b: stages.decode_batch(b, config.max_pixels)), ("analysis", analysis),
-                         ("describer", describer), ("captioner", captioner), ("reference", reference), ("clip", clip)):
+        for name, fn in steps:
             t = time.perf_counter()
             batch = fn(batch)
             seconds[name] += time.perf_counter() - t
@@ -53,11 +50,11 @@ def plain_loop(rows: list[dict], config: extract_config.ExtractConfig, batch_siz
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python bench/extract.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=252, help="demo samples to run (252 = all)")
-    ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--num-cpus", type=int, default=None)
+    ap.add_argument("--preset", default="offline", help="prior preset of both runs (default offline: no downloads)")
+    ap.add_argument("--batch-size", type=int, default=8, help="rows per batch in every stage of both runs")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     ap.add_argument("--config", default=None, help="extraction YAML (per-stage GPUs), as for pipeline.extract")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

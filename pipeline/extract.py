@@ -79,6 +79,35 @@ def plan_work(rows: list[dict], out: Path, samples_per_shard: int, retry_failed:
     return work, len(planned)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One stage of extraction: its name in ``config.stages``, the function or actor class of
+    ``pipeline.stages`` that runs it, and the arguments it is built or called with."""
+
+    name: str
+    fn: Any
+    actor: bool
+    kwargs: dict
+
+
+def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
+    """The stages a preset runs, in order: components a preset leaves out are skipped (no MLLM:
+    the analysis's sentence is the degradation text; no diffusion: no reference)."""
+    steps = [Step("decode", stages.decode_batch, False, {"max_pixels": config.max_pixels}),
+             Step("analysis", stages.AnalysisStage, True, {})]
+    if models.mllm is not None:
+        steps += [Step("describer", stages.DescriberStage, True, {"settings": models.mllm,
+                                                                   "use_hint": config.analysis_hint}),
+                  Step("captioner", stages.CaptionerStage, True, {"settings": models.mllm})]
+    else:
+        steps.append(Step("describer", stages.analysis_text, False, {}))
+    if config.reference and models.diffusion is not None:
+        steps.append(Step("reference", stages.ReferenceStage, True, {"settings": models.diffusion}))
+    if models.clip is not None or models.text is not None:
+        steps.append(Step("clip", stages.EmbedStage, True, {"models": models}))
+    return steps
+
+
 def build_dataset(work: Work, config: ExtractConfig):
     """The Ray Data graph over this run's rows (lazy: nothing runs until iterated)."""
     import ray.data
@@ -106,19 +135,9 @@ def build_dataset(work: Work, config: ExtractConfig):
                                   **options)
         return ds.map_batches(fn, fn_kwargs=kwargs, **options)
 
-    s = config.stages
-    ds = run(ds, stages.decode_batch, s.decode, False, max_pixels=config.max_pixels)
-    ds = run(ds, stages.AnalysisStage, s.analysis, True)
-    if models.mllm is not None:
-        ds = run(ds, stages.DescriberStage, s.describer, True, settings=models.mllm, use_hint=config.analysis_hint)
-        ds = run(ds, stages.CaptionerStage, s.captioner, True, settings=models.mllm)
-    else:
-        ds = run(ds, stages.analysis_text, s.describer, False)
-    if config.reference and models.diffusion is not None:
-        ds = run(ds, stages.ReferenceStage, s.reference, True, settings=models.diffusion)
-    if models.clip is None and models.text is None:
-        return ds
-    return run(ds, stages.EmbedStage, s.clip, True, models=models)
+    for step in stage_plan(config, models):
+        ds = run(ds, step.fn, getattr(config.stages, step.name), step.actor, **step.kwargs)
+    return ds
 
 
 def _provenance(row: dict, config_hash: str) -> dict:
