@@ -95,9 +95,7 @@ class PhotoRestorer:
 
     def prepare(self, path: str, name: str, degradation: str | None = None):
         """The decoded photo and its priors (``degradation``: the user's words, or None)."""
-        raw, loaded = read_image(path, self.max_pixels)
-        if loaded.pixels.size == 0:
-            raise ImageError(name, "empty image")
+        raw, loaded = read_image(path, self.max_pixels)  # refuses images below the analysis's size
         user = UserPriors(degradation=degradation or None)
         sample = self.priors.sample(f"user/app/{Path(name).stem}", loaded.pixels,
                                     raw if loaded.source_format == "JPEG" else None, user)

@@ -160,13 +160,16 @@ def _shard_contents(out: Path) -> dict[str, list[str]]:
     return {tar.name: _members(tar) for tar in sorted(out.glob("*.tar"))}
 
 
-def test_killed_driver_resumes_to_exactly_the_uninterrupted_shards(tmp_path, rain_manifest):
+def _trickling_manifest(rain_manifest: str, tmp_path: Path) -> tuple[str, dict]:
+    """24 rows (each image under three keys) for 12 shards, and settings for one row per batch:
+    the output trickles out over seconds, so a kill lands with some shards written and some not."""
     rows = manifest.read(rain_manifest)
-    # 24 rows (each image under three keys) in 12 shards, one row per batch: the output trickles
-    # out over seconds, so the kill lands with some shards written and some not.
     many = [{**r, "key": f"{r['key']}_{copy}"} for r in rows for copy in range(3)]
-    path = _write_manifest(many, tmp_path / "many.parquet")
-    one_by_one = {f"stages.{s}.batch_size": "1" for s in extract.STAGE_NAMES}
+    return _write_manifest(many, tmp_path / "many.parquet"), {f"stages.{s}.batch_size": "1" for s in extract.STAGE_NAMES}
+
+
+def test_killed_driver_resumes_to_exactly_the_uninterrupted_shards(tmp_path, rain_manifest):
+    path, one_by_one = _trickling_manifest(rain_manifest, tmp_path)
 
     straight = tmp_path / "straight"
     proc = _run_cli(path, straight, SETS)
@@ -193,16 +196,13 @@ def test_killed_driver_resumes_to_exactly_the_uninterrupted_shards(tmp_path, rai
     assert re.search(rf"\b{done} shards already complete", output), output
     assert _shard_contents(killed) == _shard_contents(straight)
     keys = _keys(killed)
-    assert len(keys) == len(set(keys)) == 24 and sorted(keys) == sorted(r["key"] for r in many)
+    assert len(keys) == len(set(keys)) == 24 and sorted(keys) == sorted(r["key"] for r in manifest.read(path))
     index = json.loads((killed / "index.json").read_text())
     assert [(s["name"], s["samples"]) for s in index["shards"]] == [(f"{i:06d}.tar", 2) for i in range(12)]
 
 
 def test_ctrl_c_says_how_many_shards_are_complete_and_how_to_resume(tmp_path, rain_manifest):
-    rows = manifest.read(rain_manifest)
-    many = [{**r, "key": f"{r['key']}_{copy}"} for r in rows for copy in range(3)]
-    path = _write_manifest(many, tmp_path / "many.parquet")
-    one_by_one = {f"stages.{s}.batch_size": "1" for s in extract.STAGE_NAMES}
+    path, one_by_one = _trickling_manifest(rain_manifest, tmp_path)
     out = tmp_path / "out"
     proc = _run_cli(path, out, one_by_one, "--preset", "offline", start_new_session=True, preexec_fn=interruptible)
     deadline = time.time() + 600
