@@ -11,9 +11,14 @@ samples into model inputs everywhere.
 The preset ``offline`` (pipeline.models.presets) runs no large model: the degradation vector and
 its sentence come from the weight-free analysis and the sentence's tokens from a real sentence
 encoder (all-MiniLM-L6-v2); caption and reference are absent. ``analysis-only`` loads no weights
-at all: no tokens either. A user's degradation text replaces the describer's and is embedded like
-it; it also sets the degradation vector, through ``vocabulary.text_to_types``, when it names
-known types.
+at all: no tokens either.
+
+A user's words say *what* is wrong; how much is still measured. Guided restoration reads the
+words followed by the analysis's sentence for the types they name (``guided_text``: "remove the
+rain; heavy rain streaks"), or for the types the analysis found when the words name none it
+knows; the named types also set the degradation vector. The measured part keeps wordings the
+restorer never saw from taking away what it knows about strength (σ, JPEG quality), which user
+words rarely state.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import stages, vocabulary
-from pipeline.analysis.analyze import analyze
+from pipeline.analysis.analyze import analyze, describe_types
 from pipeline.models import presets
 from pipeline.sample_format import Sample, SampleMeta
 
@@ -39,6 +44,9 @@ class UserPriors:
     degradation: str | None = None
     caption: str | None = None
     reference: bool = True
+    # The types ``degradation`` asks for when the caller knows them (training's instructions);
+    # otherwise those its words name (``vocabulary.text_to_types``).
+    types: tuple[str, ...] = ()
 
 
 NOTHING_STATED = UserPriors()
@@ -72,16 +80,18 @@ class OnlinePriors:
                split: str = "", task: str = "") -> Sample:
         """A Sample with the priors of ``pixels`` (uint8 RGB); ``key`` seeds the reference."""
         analysis = analyze(pixels, jpeg_bytes).to_dict()
+        guided = ""
         if user.degradation:
-            types = vocabulary.text_to_types(user.degradation)
+            types = list(user.types) or vocabulary.text_to_types(user.degradation)
             if types:
                 analysis["vector"] = vocabulary.one_hot(types)
+            guided = guided_text(user.degradation, analysis, types)
         hint = [analysis["text"]] if self.use_hint else None
         if self.mllm is not None:
-            text = user.degradation or self.mllm.describe([pixels], hint)[0]
+            text = guided or self.mllm.describe([pixels], hint)[0]
             caption = user.caption or self.mllm.caption([pixels])[0]
         else:
-            text, caption = user.degradation or analysis["text"], user.caption or ""
+            text, caption = guided or analysis["text"], user.caption or ""
         ref = None
         if self.reference is not None and user.reference and caption:
             ref = self.reference.render([caption], [stages.reference_seed(key)])[0]
@@ -94,6 +104,12 @@ class OnlinePriors:
                           degradation_types=stages.merge_types(text, json.dumps(analysis)),
                           caption=caption, analysis=analysis, provenance={"priors": f"online:{self.preset}"})
         return Sample(meta=meta, lq=pixels, gt=gt, ref=ref, embeddings=embeddings)
+
+
+def guided_text(words: str, analysis: dict, types: list[str]) -> str:
+    """A user's words, then the measured sentence of the types they name (of the analysis's own
+    findings when they name none)."""
+    return f"{words.strip()}; {describe_types(analysis, types) if types else analysis['text']}"
 
 
 def load_or_analysis_only(preset: str) -> OnlinePriors:

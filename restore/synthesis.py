@@ -7,7 +7,8 @@ degraded, so rain stays near vertical as it falls in real photos. Its priors are
 from the degraded crop by the same code inference uses (``restore.priors_online``): the
 weight-free analysis, its sentence and the sentence's tokens — never noise or random text. With
 probability ``instruction_rate`` the degradation text is instead a user's instruction for the true
-types (``vocabulary.INSTRUCTIONS``), as ``restore.infer --degradation`` would give it.
+types (``vocabulary.INSTRUCTIONS``) followed by the analysis's measured sentence for those types,
+as ``restore.infer --degradation`` gives it (``priors_online.guided_text``).
 
 Everything is a pure function of the seed it is given: the photo, the crop, the degradation and
 the text. Photos are split into training and validation by a hash of their name, so the split
@@ -131,7 +132,7 @@ class Synthesizer:
         types = degrade.types_of(spec)
         user = UserPriors()
         if rng.random() < self.config.instruction_rate:
-            user = UserPriors(degradation=instruction(types, rng))
+            user = UserPriors(degradation=instruction(types, rng), types=tuple(types))
         sample = self.priors.sample(f"synth-{seed}", lq, user=user, gt=clean, dataset="synthetic",
                                     split="train", task=task_of(spec))
         sample.meta.degradations = applied

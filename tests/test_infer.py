@@ -64,7 +64,10 @@ def test_user_degradation_text_sets_tokens_and_vector_with_the_tiny_models(photo
     assert len(written) == 1 and written[0].is_file()
     pixels = load_rgb(photos[0]).pixels
     stated = priors.sample("k", pixels, user=user)
-    assert stated.meta.degradation_text == user.degradation and stated.meta.caption == user.caption
+    # The words, then the measured sentence of the types they name: how dark, how noisy.
+    words, measured = stated.meta.degradation_text.split("; ")
+    assert words == user.degradation and stated.meta.caption == user.caption
+    assert "low light (mean luminance" in measured and "noise (σ≈" in measured
     assert stated.ref is None and stated.embeddings["degradation_length"] > 2
     vector = stated.meta.analysis["vector"]
     assert vector == [1.0 if t in ("low-light", "noise") else 0.0 for t in DEGRADATION_TYPES]

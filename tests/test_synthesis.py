@@ -3,6 +3,7 @@ weighted task mixing inside batches, a photo-level validation split and exact re
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -86,7 +87,11 @@ def test_instructions_replace_the_sentence_and_set_the_vector(photos):
     syn = Synthesizer(SynthesisConfig(photos=(str(photos),), tasks={"noise:sigma=30": 1.0}, instruction_rate=1.0))
     for seed in range(5):
         s = syn.sample(seed, 32)
-        assert s.meta.degradation_text in vocabulary.INSTRUCTIONS["noise"]
+        # The instruction, then the analysis's measurement of the type it asks about, even for
+        # wordings that name no type ("make it sharp").
+        words, measured = s.meta.degradation_text.split("; ")
+        assert words in vocabulary.INSTRUCTIONS["noise"]
+        assert re.fullmatch(r"(mild|moderate|heavy) noise \(σ≈\d+\)", measured), measured
         assert s.meta.analysis["vector"] == vocabulary.one_hot(["noise"])
     held_out = {t for texts in vocabulary.INSTRUCTIONS.values() for t in texts}
     assert not held_out & set(vocabulary.HELD_OUT_INSTRUCTIONS.values())

@@ -116,6 +116,20 @@ def estimates(pixels: np.ndarray, jpeg_bytes: bytes | None = None) -> dict[str, 
     return _estimates(m, _quality(m, jpeg_bytes)[0])
 
 
+def describe_types(analysis: dict[str, Any], types: list[str]) -> str:
+    """The analysis's sentence for ``types`` whether or not it detected them: each type's severity
+    and detail from the measurements (``to_dict`` form). A user who says "remove the rain" names
+    what is wrong; how much is measured, so guided restoration reads the same measured sentence
+    automatic restoration does."""
+    m = analysis["measurements"]
+    quality = analysis["estimates"]["jpeg_quality"]
+    items = []
+    for t in types:
+        _, severity, detail = _params(t, m, m["noise_sigma"], quality, "")
+        items.append((t, analysis["scores"].get(t, 0.0) if severity < 0 else severity, detail))
+    return vocabulary.describe(items)
+
+
 def analyze(pixels: np.ndarray, jpeg_bytes: bytes | None = None, model: Classifier | None = None) -> Analysis:
     """Analyse 8-bit RGB pixels (H, W, 3); ``jpeg_bytes`` are the file's bytes when it may be a JPEG."""
     model = model or default_classifier()
