@@ -135,15 +135,26 @@ def _phrase_patterns() -> list[tuple[re.Pattern[str], str]]:
 
 
 _PATTERNS = _phrase_patterns()
-_NEGATION = re.compile(r"\b(no|not|without|free of|none)\b[^.,;]*$")
+_NEGATION = re.compile(r"\b(?:no|not|never|without|free of|none)\b|n['’]t\b")
+# Where a negation's reach ends: clause punctuation or a contrast word. Without the contrast words
+# "not blurry but very noisy" would cancel the noise the sentence asserts.
+_REACH_END = re.compile(r"[.,;:!?\n]|\b(?:but|however|although|though|yet|while)\b")
+
+
+def _negated(before: str) -> bool:
+    """Whether a negation governs the phrase that follows ``before`` (the text up to the phrase)."""
+    ends = [m.end() for m in _REACH_END.finditer(before)]
+    return bool(_NEGATION.search(before[ends[-1] if ends else 0:]))
 
 
 def text_to_types(text: str) -> list[str]:
     """Map free text ("a dark, grainy photo with some rain") onto canonical types.
 
-    Types are returned in order of first mention. A phrase preceded in its clause by a negation
-    ("no noise", "without blur") is not counted. Text naming nothing known maps to ``[]`` — the
-    caller decides whether that means clean or unknown.
+    Types are returned in order of first mention. A phrase a negation governs ("no noise", "without
+    blur", "isn't noisy") is not counted; the negation reaches to the end of its clause or to a
+    contrast word, so "not blurry but very noisy" is ``["noise"]`` and "no noise, heavy rain" is
+    ``["rain"]``. Text naming nothing known maps to ``[]`` — the caller decides whether that means
+    clean or unknown.
     """
     lowered = text.lower()
     consumed = [False] * len(lowered)
@@ -154,7 +165,7 @@ def text_to_types(text: str) -> list[str]:
                 continue
             for i in range(m.start(), m.end()):
                 consumed[i] = True
-            if dtype != "clean" and _NEGATION.search(lowered[: m.start()].split(".")[-1]):
+            if dtype != "clean" and _negated(lowered[: m.start()]):
                 continue
             found.append((m.start(), dtype))
     found.sort()

@@ -30,3 +30,17 @@ def test_tasks_and_vectors_follow_the_vocabulary():
         assert "fog" in str(e) and "haze" in str(e)
     else:
         raise AssertionError("an unknown type must be refused")
+
+
+def test_a_negation_cancels_only_the_phrase_it_governs():
+    # A contrast word or clause punctuation ends the negation's reach.
+    assert v.text_to_types("The image is not blurry but very noisy") == ["noise"]
+    assert v.text_to_types("no noise, heavy rain") == ["rain"]
+    assert v.text_to_types("It has no haze; however, it is dark") == ["low-light"]
+    assert v.text_to_types("not noisy, although slightly out of focus") == ["blur"]
+    assert v.text_to_types("The photo isn't noisy yet it is blocky") == ["jpeg"]
+    assert v.text_to_types("without blur") == []
+    assert v.text_to_types("not noisy") == []
+    # Within its clause a negation governs every phrase it lists.
+    assert v.text_to_types("free of noise or blur") == []
+    assert v.text_to_types("The image is not blurry. It is very noisy") == ["noise"]
