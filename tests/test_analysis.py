@@ -1,5 +1,5 @@
-"""The analysis end to end: Analysis of real photos, the CLI on good and bad files, the Ray-stage
-functions, the evaluator's tables, and the classifier's weights file."""
+"""The analysis end to end: Analysis of real photos, the CLI on good and bad files, extraction's
+analysis stage, the evaluator's tables, and the classifier's weights file."""
 
 import dataclasses
 import io
@@ -12,12 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import degrade, vocabulary
+from pipeline import degrade, stages, vocabulary
 from pipeline.analysis import classifier, describers
 from pipeline.analysis import evaluate as ev
 from pipeline.analysis.analyze import analyze
 from pipeline.analysis.classifier import ANALYSED_TYPES, Classifier, default_classifier
-from pipeline.analysis.stage import analyze_batch, analyze_row
 from pipeline.analysis.train import load_photo
 from pipeline.analyze import main as cli_main
 from pipeline.image_files import encode_png
@@ -134,13 +133,44 @@ def test_cli_expands_directories(tmp_path, photo, capsys):
     assert len(out) == 1 and out[0].startswith(str(tmp_path / "a.png"))
 
 
-def test_stage_functions_carry_errors_as_rows(photo):
-    good = encode_png(photo[:128, :128].copy())
-    row = analyze_row({"key": "k0", "lq": good})
-    assert row["analysis_error"] == "" and row["analysis"]["degradations"]
-    batch = analyze_batch({"key": np.array(["k0", "k1"]), "lq": np.array([good, b"junk"], dtype=object)})
-    assert json.loads(batch["analysis"][0])["vector"]
-    assert batch["analysis"][1] == "" and batch["analysis_error"][1].startswith("k1: ")
+def _decoded(folder: Path, files: dict[str, bytes]) -> dict[str, list]:
+    """What extraction's decode stage hands the analysis stage for these files (one row each)."""
+    rows: dict[str, list] = {"key": [], "lq_uri": [], "gt_uri": [], "lq_sha256": [], "gt_sha256": [],
+                             "width": [], "height": []}
+    for key, data in files.items():
+        path = folder / key
+        path.write_bytes(data)
+        try:
+            width, height = Image.open(io.BytesIO(data)).size
+        except OSError:
+            width = height = 0
+        for column, value in (("key", key), ("lq_uri", str(path)), ("gt_uri", ""), ("lq_sha256", ""),
+                              ("gt_sha256", ""), ("width", width), ("height", height)):
+            rows[column].append(value)
+    return stages.decode_batch(rows, max_pixels=10**7)
+
+
+def test_extraction_analysis_stage_fills_rows_and_carries_errors_as_rows(tmp_path, photo):
+    jpeg = io.BytesIO()
+    Image.fromarray(photo[:128, :128].copy()).save(jpeg, format="JPEG", quality=20)
+    batch = _decoded(tmp_path, {"good": encode_png(photo[:128, :128].copy()), "jpeg": jpeg.getvalue(),
+                                "small": encode_png(photo[:10, :10].copy()), "broken": b"not an image"})
+    out = stages.AnalysisStage()(batch)
+    good, from_jpeg, small, broken = range(4)
+
+    analysis = json.loads(out["analysis"][good])
+    assert len(analysis["vector"]) == len(vocabulary.DEGRADATION_TYPES)
+    assert out["hint"][good] == analysis["text"] and out["error"][good] == ""
+    # The decode stage keeps a JPEG's own bytes so the analysis reads its quantisation tables.
+    quality = next(d for d in json.loads(out["analysis"][from_jpeg])["degradations"] if d["type"] == "jpeg")
+    assert quality["params"] == {"quality": 20, "source": "quantisation table"}
+    # Decodable but too small to analyse: this row fails in the analysis, the others go on.
+    assert out["error"][small].startswith("analysis: ValueError: image is 10x10")
+    assert out["failed_stage"][small] == "analysis" and out["analysis"][small] == out["hint"][small] == ""
+    # A row that failed before is skipped and keeps its own error.
+    assert out["error"][broken].startswith("decode: ") and out["failed_stage"][broken] == "decode"
+    assert out["analysis"][broken] == ""
+    assert len(out["t_analysis"]) == 4
 
 
 def test_synthetic_set_does_not_depend_on_where_the_data_lives(tmp_path, photo):
