@@ -6,7 +6,7 @@ A sample is one webdataset record, i.e. adjacent tar members sharing a key::
     {key}.gt.png     clean target, same size as lq                       (training/test data)
     {key}.ref.png    diffusion-rendered clean reference, any size       (when synthesized)
     {key}.json       SampleMeta: labels, texts, analysis, provenance     (always)
-    {key}.npz        embeddings, see EMBEDDINGS                          (when extracted)
+    {key}.npz        embeddings, see EMBEDDINGS (padding not stored)     (when extracted)
 
 Everything here is the single definition: field names, member names, array shapes and dtypes and
 the format version. docs/format.md describes the same for people. Decoding never unpickles.
@@ -36,7 +36,7 @@ META = "json"
 EMBEDDINGS_MEMBER = "npz"
 MEMBERS = (LQ, GT, REF, META, EMBEDDINGS_MEMBER)
 
-# open_clip's text context: token embeddings are stored padded to this many positions.
+# open_clip's text context: decoded token embeddings are padded with zeros to this many positions.
 TOKEN_POSITIONS = 77
 
 # name -> (shape with symbolic dims, dtype). E = CLIP embedding width, W = text token width,
@@ -50,6 +50,10 @@ EMBEDDINGS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 # Arrays a sample may lack: presets without CLIP (``offline``) have no image embedding.
 OPTIONAL_EMBEDDINGS = frozenset({"clip_image"})
+# Each token array and the field counting its real tokens. The npz stores only those rows: the
+# zero padding to TOKEN_POSITIONS was most of a sample's bytes (≈236 KB at ViT-L widths for two
+# texts), and decoding puts it back, so consumers see (T, W) arrays either way.
+TOKEN_LENGTHS: dict[str, str] = {"caption_tokens": "caption_length", "degradation_tokens": "degradation_length"}
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 MAX_KEY_LENGTH = 160
@@ -159,26 +163,71 @@ def check_embeddings(embeddings: dict[str, np.ndarray], key: str) -> None:
             if sizes.setdefault(dim, size) != size:
                 raise SampleFormatError(key, EMBEDDINGS_MEMBER,
                                         f"{name}: dimension {dim} is {size}, expected {sizes[dim]}")
-    for name in ("caption_length", "degradation_length"):
+    for name in TOKEN_LENGTHS.values():
         length = int(embeddings[name])
         if not 0 <= length <= TOKEN_POSITIONS:
             raise SampleFormatError(key, EMBEDDINGS_MEMBER, f"{name} {length} outside 0..{TOKEN_POSITIONS}")
 
 
+def _stored_rows(tokens: np.ndarray, length: int) -> np.ndarray:
+    # Rows past the length are kept when they are not all zeros: trimming them would make
+    # decoding give back other values than were encoded.
+    return tokens if tokens[length:].any() else tokens[:length]
+
+
 def encode_embeddings(embeddings: dict[str, np.ndarray], key: str) -> bytes:
-    """The ``npz`` member: checked against EMBEDDINGS, arrays stored in name order."""
+    """The ``npz`` member: checked against EMBEDDINGS, arrays stored in name order, each token
+    array without its zero padding (its first ``*_length`` rows; see TOKEN_LENGTHS).
+
+    Uncompressed ``np.savez``: its zip entries carry a fixed timestamp, so the same arrays give the
+    same bytes on any machine (deflate's output may change with the zlib build), and decoding
+    needs no inflating.
+    """
     check_embeddings(embeddings, key)
+    stored = {}
+    for name in sorted(embeddings):
+        stored[name] = embeddings[name]
+        if name in TOKEN_LENGTHS:
+            stored[name] = _stored_rows(embeddings[name], int(embeddings[TOKEN_LENGTHS[name]]))
     buf = io.BytesIO()
-    np.savez(buf, **{k: embeddings[k] for k in sorted(embeddings)})
+    np.savez(buf, **stored)
     return buf.getvalue()
 
 
-def _decode_npz(data: bytes, key: str) -> dict[str, np.ndarray]:
+def _padded(arrays: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
+    """Token arrays stored with only their used rows, zero-padded back to TOKEN_POSITIONS rows.
+
+    Arrays already of TOKEN_POSITIONS rows (every npz written before trimming, or padding that
+    was not zeros) pass unchanged. Anything else is left for check_embeddings to refuse.
+    """
+    out = dict(arrays)
+    for name, length_name in TOKEN_LENGTHS.items():
+        tokens, length = arrays.get(name), arrays.get(length_name)
+        if tokens is None or length is None or tokens.ndim != 2 or length.ndim != 0:
+            continue
+        rows = tokens.shape[0]
+        if rows == TOKEN_POSITIONS:
+            continue
+        if rows != int(length):
+            raise SampleFormatError(key, EMBEDDINGS_MEMBER, f"{name} stores {rows} rows; expected its "
+                                    f"{length_name} ({int(length)}) or {TOKEN_POSITIONS}")
+        full = np.zeros((TOKEN_POSITIONS, tokens.shape[1]), dtype=tokens.dtype)
+        full[:rows] = tokens
+        out[name] = full
+    return out
+
+
+def decode_embeddings(data: bytes, key: str) -> dict[str, np.ndarray]:
+    """Inverse of encode_embeddings: the arrays with token arrays padded to TOKEN_POSITIONS rows,
+    checked against EMBEDDINGS. Reads old npz (padding stored) too. Never unpickles."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {name: z[name] for name in z.files}
+            arrays = {name: z[name] for name in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise SampleFormatError(key, EMBEDDINGS_MEMBER, f"not a readable npz without pickles: {e}") from e
+    embeddings = _padded(arrays, key)
+    check_embeddings(embeddings, key)
+    return embeddings
 
 
 def encode_record(meta: SampleMeta, pngs: dict[str, bytes],
@@ -249,8 +298,5 @@ def decode_sample(record: dict[str, Any]) -> Sample:
     if gt is not None and gt.shape != lq.shape:
         raise SampleFormatError(key, GT, f"gt shape {gt.shape} differs from lq shape {lq.shape}")
     ref = _decode_image(record, REF, key) if REF in record else None
-    embeddings = None
-    if EMBEDDINGS_MEMBER in record:
-        embeddings = _decode_npz(record[EMBEDDINGS_MEMBER], key)
-        check_embeddings(embeddings, key)
+    embeddings = decode_embeddings(record[EMBEDDINGS_MEMBER], key) if EMBEDDINGS_MEMBER in record else None
     return Sample(meta=meta, lq=lq, gt=gt, ref=ref, embeddings=embeddings)

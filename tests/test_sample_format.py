@@ -6,6 +6,13 @@ import pytest
 from pipeline import sample_format as sf
 
 
+def tokens(rng, length, width):
+    """A text's token embeddings as the encoders give them: ``length`` rows, then zero padding."""
+    out = np.zeros((sf.TOKEN_POSITIONS, width), np.float16)
+    out[:length] = rng.standard_normal((length, width))
+    return out
+
+
 def make_sample(key="demo_train_cat_0_abc", with_all=True, width=24, height=16):
     rng = np.random.default_rng(0)
     lq = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -19,10 +26,8 @@ def make_sample(key="demo_train_cat_0_abc", with_all=True, width=24, height=16):
     )
     emb = {
         "clip_image": rng.standard_normal(32).astype(np.float16),
-        "caption_tokens": rng.standard_normal((sf.TOKEN_POSITIONS, 16)).astype(np.float16),
-        "caption_length": np.int32(7),
-        "degradation_tokens": rng.standard_normal((sf.TOKEN_POSITIONS, 16)).astype(np.float16),
-        "degradation_length": np.int32(9),
+        "caption_tokens": tokens(rng, 7, 16), "caption_length": np.int32(7),
+        "degradation_tokens": tokens(rng, 9, 16), "degradation_length": np.int32(9),
     }
     return sf.Sample(meta=meta, lq=lq, gt=lq[::-1].copy() if with_all else None,
                      ref=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) if with_all else None,
@@ -139,4 +144,50 @@ def test_other_format_versions_and_mismatched_keys_are_refused():
     record = sf.encode_sample(make_sample())
     record["__key__"] = "another_key"
     with pytest.raises(sf.SampleFormatError, match="does not match"):
+        sf.decode_sample(record)
+
+
+def test_token_padding_is_not_stored_and_comes_back_on_decoding():
+    # ViT-L text width, a short text: the padding was nearly all of the member's bytes.
+    rng = np.random.default_rng(1)
+    sample = make_sample()
+    sample.embeddings.update(caption_tokens=tokens(rng, 0, 768), caption_length=np.int32(0),
+                             degradation_tokens=tokens(rng, 6, 768), degradation_length=np.int32(6))
+    del sample.embeddings["clip_image"]
+    record = sf.encode_sample(sample)
+    padded_npz = _npz(**sample.embeddings)  # what encoding stored before
+    assert len(record[sf.EMBEDDINGS_MEMBER]) < len(padded_npz) / 10
+    with np.load(io.BytesIO(record[sf.EMBEDDINGS_MEMBER])) as z:
+        assert z["degradation_tokens"].shape == (6, 768) and z["caption_tokens"].shape == (0, 768)
+    back = sf.decode_sample(record)
+    for name, arr in sample.embeddings.items():
+        got = back.embeddings[name]
+        assert got.dtype == arr.dtype and got.shape == arr.shape and np.array_equal(got, arr)
+    assert back.embeddings["degradation_tokens"].shape == (sf.TOKEN_POSITIONS, 768)
+    assert sf.encode_sample(back) == record  # same sample, same bytes
+
+
+def test_npz_written_with_its_padding_still_decodes():
+    # Shards extracted before the padding was dropped store (TOKEN_POSITIONS, W) arrays.
+    sample = make_sample()
+    old = {**sf.encode_sample(sample), sf.EMBEDDINGS_MEMBER: _npz(**sample.embeddings)}
+    back = sf.decode_sample(old)
+    for name, arr in sample.embeddings.items():
+        assert back.embeddings[name].dtype == arr.dtype and np.array_equal(back.embeddings[name], arr)
+
+
+def test_padding_that_is_not_zeros_is_kept_so_decoding_stays_exact():
+    sample = make_sample()
+    sample.embeddings["caption_tokens"][-1] = 1.0
+    record = sf.encode_sample(sample)
+    with np.load(io.BytesIO(record[sf.EMBEDDINGS_MEMBER])) as z:
+        assert z["caption_tokens"].shape[0] == sf.TOKEN_POSITIONS and z["degradation_tokens"].shape[0] == 9
+    assert np.array_equal(sf.decode_sample(record).embeddings["caption_tokens"], sample.embeddings["caption_tokens"])
+
+
+def test_token_rows_that_match_neither_the_length_nor_the_padding_are_refused():
+    sample = make_sample()
+    arrays = {**sample.embeddings, "caption_tokens": sample.embeddings["caption_tokens"][:10]}
+    record = {**sf.encode_sample(sample), sf.EMBEDDINGS_MEMBER: _npz(**arrays)}
+    with pytest.raises(sf.SampleFormatError, match=r"caption_tokens stores 10 rows; expected its caption_length \(7\) or 77"):
         sf.decode_sample(record)
