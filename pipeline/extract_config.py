@@ -5,15 +5,17 @@ The resolved configuration is written next to the shards, and its output-relevan
 a rerun into the same folder with a different hash is refused rather than mixing priors of two
 configurations in one dataset.
 
-Example YAML for a GPU cluster::
+Example YAML for a GPU cluster (``manifests/configs/extract_gpu.yaml`` is the one the KubeRay job
+runs): each model stage's actor pool starts with ``concurrency`` actors and grows to
+``max_concurrency`` while rows queue up for it::
 
     preset: default
     samples_per_shard: 1024
     stages:
-      describer: {num_gpus: 1, batch_size: 16, concurrency: 4}
-      captioner: {num_gpus: 1, batch_size: 16, concurrency: 4}
-      reference: {num_gpus: 1, batch_size: 8, concurrency: 4}
-      clip:      {num_gpus: 0.5, batch_size: 64, concurrency: 2}
+      describer: {num_gpus: 1, batch_size: 16, concurrency: 1, max_concurrency: 2}
+      captioner: {num_gpus: 1, batch_size: 16, concurrency: 1, max_concurrency: 2}
+      reference: {num_gpus: 1, batch_size: 8, concurrency: 1, max_concurrency: 3}
+      clip:      {num_gpus: 0.5, batch_size: 64, concurrency: 1, max_concurrency: 2}
     models:
       mllm: {max_new_tokens: 64}
 """
@@ -38,9 +40,19 @@ class StageResources:
     """How one Ray Data stage runs: rows per call, actors in its pool, resources per actor."""
 
     batch_size: int = 4
+    # A model stage's pool holds `concurrency` actors or, with `max_concurrency` set, autoscales
+    # between the two: on an autoscaling cluster Ray Data then asks for the nodes that the actors it
+    # adds need, so a job can start on the GPUs the minimum needs.
     concurrency: int = 1
+    max_concurrency: int | None = None
     num_gpus: float = 0.0
     num_cpus: float = 0.25
+
+    def actor_pool(self) -> dict[str, int]:
+        """Keyword arguments of this stage's ``ray.data.ActorPoolStrategy``."""
+        if self.max_concurrency is None:
+            return {"size": self.concurrency}
+        return {"min_size": self.concurrency, "max_size": self.max_concurrency}
 
 
 # Every stage reserves a quarter CPU by default. On a GPU node the GPU is a model actor's real
@@ -77,14 +89,20 @@ class ExtractConfig:
         d["resolved_models"] = presets.as_dict(self.resolved_models())
         return d
 
-    def output_hash(self, manifest_sha256: str) -> str:
-        """Hash of everything that changes the bytes written (not the resources used to write them)."""
+    def output_hash(self, manifest_sha256: str, commits: Mapping[str, str | None] | None = None) -> str:
+        """Hash of everything that changes the bytes written (not the resources used to write them).
+
+        ``commits`` (``pipeline.models.sources.preset_commits``) are the weights the models load:
+        a preset names a model and maybe a branch, whose commit can move between two runs.
+        """
         relevant = {
             "format_version": FORMAT_VERSION, "manifest": manifest_sha256,
             "samples_per_shard": self.samples_per_shard, "reference": self.reference,
             "analysis_hint": self.analysis_hint, "max_pixels": self.max_pixels,
             "models": presets.as_dict(self.resolved_models()),
         }
+        if commits is not None:
+            relevant["commits"] = dict(commits)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -92,4 +110,9 @@ def load(path: str | None = None, sets: Mapping[str, str] | None = None, **field
     """Defaults, then the YAML file at ``path``, then keyword fields, then dotted ``sets``."""
     config = typed_config.load(ExtractConfig(), path, sets, **fields)
     config.resolved_models()  # an unknown preset or model field fails here, before any work
+    for stage in dataclasses.fields(config.stages):
+        res = getattr(config.stages, stage.name)
+        if res.concurrency < 1 or (res.max_concurrency is not None and res.max_concurrency < res.concurrency):
+            raise ValueError(f"stages.{stage.name}: an actor pool of {res.concurrency} to {res.max_concurrency} "
+                             "actors; concurrency must be at least 1 and max_concurrency (if set) at least concurrency")
     return config

