@@ -2,14 +2,17 @@
 
     python -m pipeline.extract --manifest M.parquet --out DIR [--preset offline|tiny|default|quality]
                                [--config YAML] [--set stages.describer.num_gpus=1 ...] [--retry-failed]
-    ray job submit --working-dir . -- python -m pipeline.extract --manifest ... --out /shared/priors
+    ray job submit --working-dir . -- python -m pipeline.extract --manifest /shared/M.parquet --out /shared/priors
 
-The Ray Data graph: manifest rows → decode/validate (CPU tasks) → weight-free analysis (CPU) →
-degradation describer (MLLM) → captioner (MLLM) → reference synthesizer (diffusion) → embeddings
-(CLIP and/or a sentence encoder) → the driver, which gathers each shard's rows and writes the
-shard (pipeline.shards). A preset without an MLLM (``offline``) takes the analysis's sentence as
-the degradation text and has no caption; without a diffusion model there is no reference stage.
-With no cluster to join, ``ray.init`` starts a local one.
+The Ray Data graph: shard descriptors → the manifest rows of each shard, read by the workers →
+decode/validate (CPU tasks) → weight-free analysis (CPU) → degradation describer (MLLM) → captioner
+(MLLM) → reference synthesizer (diffusion) → embeddings (CLIP and/or a sentence encoder) → parts
+written by the workers (``pipeline.shard_assembly``). The driver reads neither the manifest's rows
+nor any image: it plans from the manifest's row count and the shards already written, receives one
+small status row per sample, and starts a task that assembles each shard once all of its rows are
+in. A preset without an MLLM (``offline``) takes the analysis's sentence as the degradation text
+and has no caption; without a diffusion model there is no reference stage. With no cluster to
+join, ``ray.init`` starts a local one.
 
 Rerunning the same command skips complete shards; ``--retry-failed`` re-processes only the rows
 whose status is error and rewrites their shards with the earlier good samples kept. So Ctrl-C
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
+import os
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -29,54 +33,91 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-import pipeline
-from pipeline import cli, extract_config, manifest, shards, stages, typed_config
+from pipeline import cli, extract_config, manifest, shard_assembly, shards, stages, typed_config
 from pipeline.extract_config import ExtractConfig, StageResources
-from pipeline.sample_format import GT, LQ, REF, SampleFormatError, SampleMeta, encode_record
+from pipeline.shard_assembly import STAGE_NAMES
 
-STAGE_NAMES = ("decode", "analysis", "describer", "captioner", "reference", "clip")
-MODEL_STAGES = ("describer", "captioner", "reference", "clip")
+# Assembling a shard only copies bytes from its parts into its tar.
+ASSEMBLY_CPUS = 0.25
 
 
 class ExtractError(Exception):
     """A run that cannot start as asked: names the folder or setting and what to do instead."""
 
 
-@dataclass
-class Work:
-    """What this run must do: rows to process by shard, and good records kept from earlier runs."""
+@dataclass(frozen=True)
+class ShardWork:
+    """One shard to (re)write this run: its rows as a range of the manifest, and for a retried
+    shard the keys of its failed rows (the only ones processed again)."""
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    expected: dict[int, int] = field(default_factory=dict)  # shard -> rows to gather this run
-    kept_records: dict[int, list[dict]] = field(default_factory=dict)
-    kept_status: dict[int, list[shards.StatusRow]] = field(default_factory=dict)
+    shard: int
+    start: int
+    stop: int
+    only_keys: tuple[str, ...] = ()
+
+    @property
+    def retried(self) -> bool:
+        return bool(self.only_keys)
+
+    @property
+    def rows(self) -> int:
+        return len(self.only_keys) if self.only_keys else self.stop - self.start
 
 
-def plan_work(rows: list[dict], out: Path, samples_per_shard: int, retry_failed: bool) -> tuple[Work, int]:
-    """Assign shards from the manifest and decide what is left to do in ``out``."""
-    by_key = {r["key"]: r for r in rows}
-    planned = shards.plan(list(by_key), samples_per_shard)
+def plan_work(num_rows: int, out: Path, samples_per_shard: int, retry_failed: bool) -> tuple[list[ShardWork], int]:
+    """The shards left to write in ``out``, from the manifest's row count and the shards' own
+    stats and status files (a retried shard's failed keys are the only rows read)."""
+    planned = shards.plan(num_rows, samples_per_shard)
     done = shards.completed(out)
-    work = Work()
-    for shard, keys in enumerate(planned):
-        todo = keys
-        if shard in done:
-            if not retry_failed:
-                continue
-            status = shards.read_status(out, shard)
-            failed = {s.key for s in status if s.status == "error"}
-            if not failed:
-                continue
-            kept = shards.read_records(out / shards.tar_name(shard))
-            work.kept_records[shard] = [r for k, r in kept.items() if k not in failed]
-            work.kept_status[shard] = [s for s in status if s.status == "ok"]
-            todo = [k for k in keys if k in failed]
-        work.expected[shard] = len(todo)
-        work.rows.extend({**by_key[k], "shard": shard} for k in todo)
+    work = []
+    for shard, (start, stop) in enumerate(planned):
+        if shard not in done:
+            work.append(ShardWork(shard, start, stop))
+        elif retry_failed and shards.read_stats(out, shard)["failed"]:
+            failed = sorted(s.key for s in shards.read_status(out, shard) if s.status == "error")
+            work.append(ShardWork(shard, start, stop, tuple(failed)))
     return work, len(planned)
+
+
+_MANIFESTS: dict[str, pq.ParquetFile] = {}
+
+
+def read_shard_rows(batch: dict[str, Any], manifest_path: str) -> pa.Table:
+    """Ray Data stage: the manifest rows of each shard descriptor, with their shard id.
+
+    Workers read the rows, so the driver never holds the manifest: only the row groups covering
+    a shard's range are read. Nulls would reach the stages as NaN in numpy batches: they carry ""
+    and -1 instead (undone when the record is written). Relative image paths are resolved against
+    the manifest's folder.
+    """
+    if manifest_path not in _MANIFESTS:
+        _MANIFESTS[manifest_path] = manifest.open_manifest(manifest_path)
+    parquet = _MANIFESTS[manifest_path]
+    meta = parquet.metadata
+    bounds = [0]
+    for g in range(meta.num_row_groups):
+        bounds.append(bounds[-1] + meta.row_group(g).num_rows)
+    tables = []
+    for shard, start, stop, only in zip(batch["shard"], batch["start"], batch["stop"], batch["only_keys"]):
+        start, stop = int(start), int(stop)
+        groups = [g for g in range(meta.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
+        table = parquet.read_row_groups(groups, columns=manifest.SCHEMA.names)
+        table = table.slice(start - bounds[groups[0]], stop - start)
+        if only:
+            table = table.filter(pc.is_in(table["key"], pa.array(json.loads(only), pa.string())))
+        tables.append(table.append_column("shard", pa.array([int(shard)] * table.num_rows, pa.int32())))
+    table = pa.concat_tables(tables).to_pylist()
+    root = Path(manifest_path).resolve().parent
+    for row in table:
+        row["lq_uri"] = manifest.resolve_uri(row["lq_uri"], root)
+        row["gt_uri"] = manifest.resolve_uri(row["gt_uri"], root) if row["gt_uri"] else ""
+        row["gt_sha256"] = row["gt_sha256"] or ""
+        row["seed"] = -1 if row["seed"] is None else row["seed"]
+    return pa.Table.from_pylist(table)
 
 
 @dataclass(frozen=True)
@@ -108,18 +149,19 @@ def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     return steps
 
 
-def build_dataset(work: Work, config: ExtractConfig):
-    """The Ray Data graph over this run's rows (lazy: nothing runs until iterated)."""
+def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: ExtractConfig, config_hash: str,
+                  steps: list[Step]):
+    """The Ray Data graph over this run's shards and ``steps`` (lazy: nothing runs until iterated)."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    models = config.resolved_models()
-    # Nulls would reach the stages as NaN in numpy batches: carry "" and -1 instead, undone in to_record.
-    table = pa.Table.from_pylist([{**r, "gt_uri": r["gt_uri"] or "", "gt_sha256": r["gt_sha256"] or "",
-                                   "seed": -1 if r["seed"] is None else r["seed"]} for r in work.rows])
-    # Small blocks keep every stage busy early and bound the memory of a block of decoded images.
-    block_rows = max(1, min(config.stages.decode.batch_size, 64))
-    ds = ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)])
+    descriptors = [{"shard": w.shard, "start": w.start, "stop": w.stop,
+                    "only_keys": json.dumps(list(w.only_keys)) if w.only_keys else ""} for w in work]
+    # One descriptor per block: shards are read, processed and completed roughly in order, so
+    # a run that stops early leaves whole shards behind rather than fragments of all of them.
+    ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
+    ds = ds.map_batches(read_shard_rows, fn_kwargs={"manifest_path": manifest_path}, batch_size=1,
+                        batch_format="numpy", num_cpus=config.stages.decode.num_cpus)
     # Ray Data's high-memory note ("Operator ... uses N of memory per worker ... consider setting
     # memory=...") fires for any actor above ~2.6 GiB per CPU it reserves: with a quarter CPU per
     # stage every model actor passes that, as it must to hold its weights, and `memory=` is no
@@ -131,43 +173,16 @@ def build_dataset(work: Work, config: ExtractConfig):
         if res.num_gpus:
             options["num_gpus"] = res.num_gpus
         if actor:
-            return ds.map_batches(fn, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(size=res.concurrency),
+            return ds.map_batches(fn, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(**res.actor_pool()),
                                   **options)
         return ds.map_batches(fn, fn_kwargs=kwargs, **options)
 
-    for step in stage_plan(config, models):
+    for step in steps:
         ds = run(ds, step.fn, getattr(config.stages, step.name), step.actor, **step.kwargs)
-    return ds
-
-
-def _provenance(row: dict, config_hash: str) -> dict:
-    models = {stage: json.loads(row[f"prov_{stage}"]) for stage in MODEL_STAGES if row.get(f"prov_{stage}")}
-    return {
-        "models": models,
-        "seeds": {"reference": stages.reference_seed(row["key"]) if row.get("ref_png") else None,
-                  "synthesis": None if int(row["seed"]) < 0 else int(row["seed"])},
-        "code_version": pipeline.__version__, "config_hash": config_hash,
-    }
-
-
-def to_record(row: dict, config_hash: str) -> dict:
-    """The webdataset record of a finished row (raises SampleFormatError if it breaks the format)."""
-    meta = SampleMeta(
-        key=row["key"], dataset=row["dataset"], split=row["split"], task=row["task"],
-        width=int(row["width"]), height=int(row["height"]),
-        source={"lq": row["lq_uri"], "gt": row["gt_uri"] or None, "lq_sha256": row["lq_sha256"],
-                "gt_sha256": row["gt_sha256"] or None},
-        degradations=json.loads(row["params"]), degradation_text=row["degradation_text"],
-        degradation_types=stages.merge_types(row["degradation_text"], row["analysis"]),
-        caption=row["caption"], analysis=json.loads(row["analysis"]) if row["analysis"] else None,
-        provenance=_provenance(row, config_hash),
-    )
-    pngs = {LQ: row["lq_png"]}
-    if row["gt_png"]:
-        pngs[GT] = row["gt_png"]
-    if row.get("ref_png"):
-        pngs[REF] = row["ref_png"]
-    return encode_record(meta, pngs, row.get("npz") or None)
+    # The parts are written where the rows are; only status rows go on to the driver.
+    return ds.map_batches(shard_assembly.write_parts, fn_kwargs={"out": str(out), "config_hash": config_hash},
+                          batch_size=config.stages.decode.batch_size, batch_format="numpy",
+                          num_cpus=config.stages.decode.num_cpus)
 
 
 @dataclass
@@ -177,53 +192,71 @@ class Totals:
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     errors: list[str] = field(default_factory=list)
 
-
-def _finish_shard(out: Path, shard: int, rows: list[dict], work: Work, config_hash: str, totals: Totals) -> dict:
-    records = list(work.kept_records.get(shard, []))
-    status = list(work.kept_status.get(shard, []))
-    seconds: dict[str, float] = defaultdict(float)
-    for row in rows:
+    def add(self, row: dict) -> None:
         for stage in STAGE_NAMES:
-            seconds[stage] += float(row.get(f"t_{stage}", 0.0) or 0.0)
-        if not row["error"]:
-            try:
-                records.append(to_record(row, config_hash))
-            except SampleFormatError as e:
-                row["error"], row["failed_stage"] = f"write: {e}", "write"
-        if row["error"]:
-            status.append(shards.StatusRow(row["key"], shard, "error", row["failed_stage"], row["error"]))
-            totals.failed += 1
-            if len(totals.errors) < 20:
-                totals.errors.append(f"{row['key']}: {row['error']}")
+            self.stage_seconds[stage] += float(row.get(f"t_{stage}", 0.0) or 0.0)
+        if row[stages.ERROR]:
+            self.failed += 1
+            if len(self.errors) < 20:
+                self.errors.append(f"{row['key']}: {row[stages.ERROR]}")
         else:
-            status.append(shards.StatusRow(row["key"], shard, "ok"))
-            totals.ok += 1
-    for stage, t in seconds.items():
-        totals.stage_seconds[stage] += t
-    first = next((r for r in rows if not r["error"]), None)
-    extra = {"config_hash": config_hash, "stage_seconds": dict(seconds), "finished": time.time()}
-    if first is not None and first.get("npz"):
-        with np.load(io.BytesIO(first["npz"]), allow_pickle=False) as z:
-            extra["embedding_dims"] = {"W": int(z["caption_tokens"].shape[1]),
-                                       **({"E": int(z["clip_image"].shape[0])} if "clip_image" in z.files else {})}
-    if first is not None:
-        extra["models"] = {stage: {"id": p["model"], "revision": p.get("revision"), "commit": p.get("resolved"),
-                                   "class": p.get("class"), "dtype": p.get("dtype")}
-                           for stage, p in ((s, json.loads(first[f"prov_{s}"])) for s in MODEL_STAGES
-                                            if first.get(f"prov_{s}"))}
-    return shards.write_shard(out, shard, records, status, extra)
+            self.ok += 1
 
 
-def _check_config(out: Path, config: ExtractConfig, config_hash: str, manifest_path: str) -> None:
+def file_sha256(path: str) -> str:
+    """sha256 of a file read in chunks: a manifest of millions of rows is never held whole."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_commits(config: ExtractConfig) -> dict[str, str]:
+    """The commit each model of the run will load (``sources.preset_commits``), resolved before any
+    work: they are part of the output hash, so a model that is neither pinned nor cached — whose
+    commit would only be known once a worker downloads it — is refused here."""
+    from pipeline.models.sources import hub_cache_dir, preset_commits
+
+    commits = preset_commits(config.resolved_models())
+    if not config.reference:
+        commits.pop("diffusion", None)
+    missing = sorted(c for c, v in commits.items() if v is None)
+    if missing:
+        raise ExtractError(f"preset {config.preset!r}: {', '.join(missing)} is neither pinned to a commit nor in the "
+                           f"Hub cache {hub_cache_dir()}; set models.<component>.revision to a commit, or download "
+                           f"it first")
+    return commits
+
+
+def pinned_models(config: ExtractConfig, commits: dict[str, str]) -> Any:
+    """The preset's models, each Hub model at the commit resolved for the hash: workers load exactly
+    those weights even if a branch moves during the run."""
+    from pipeline.models import presets
+    from pipeline.models.sources import COMMIT
+
+    return presets.with_overrides(config.resolved_models(), {
+        f"{c}.revision": v for c, v in commits.items() if c in ("mllm", "diffusion", "clip") and COMMIT.fullmatch(v)})
+
+
+def _check_config(out: Path, config: ExtractConfig, config_hash: str, manifest_path: str,
+                  commits: dict[str, str]) -> None:
     saved = out / "config.json"
     if saved.exists():
-        previous = json.loads(saved.read_text()).get("output_hash")
-        if previous != config_hash:
-            raise ExtractError(f"{out} holds shards of another configuration or manifest (hash {previous}, this "
-                               f"run {config_hash}); use a new --out folder, or the same settings to resume")
+        previous = json.loads(saved.read_text())
+        if previous.get("output_hash") != config_hash:
+            moved = [f"{c} was {previous['commits'][c]} and is now {commits[c]}"
+                     for c in sorted(set(commits) & set(previous.get("commits") or {}))
+                     if previous["commits"][c] != commits[c]]
+            if moved:
+                raise ExtractError(f"{out} holds shards made with other model weights ({'; '.join(moved)}); pin "
+                                   f"models.<component>.revision to the earlier commit to resume, or use a new --out")
+            raise ExtractError(f"{out} holds shards of another configuration or manifest (hash "
+                               f"{previous.get('output_hash')}, this run {config_hash}); use a new --out folder, "
+                               f"or the same settings to resume")
     out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"output_hash": config_hash, "manifest": str(manifest_path), **config.to_dict()},
-                                indent=1, sort_keys=True, default=str))
+    saved.write_text(json.dumps({"output_hash": config_hash, "manifest": str(manifest_path), "commits": commits,
+                                 **config.to_dict()}, indent=1, sort_keys=True, default=str))
 
 
 def _check_installed(config: ExtractConfig) -> None:
@@ -240,35 +273,77 @@ def _check_installed(config: ExtractConfig) -> None:
         raise ExtractError(f"preset {config.preset!r}: {e}") from e
 
 
+def _job_working_dir() -> str | None:
+    """The working dir a Ray job was submitted with (``--working-dir``), when this is such a job:
+    its entrypoint then runs in a temporary copy of that folder."""
+    job = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not job:
+        return None
+    try:
+        return (json.loads(job).get("runtime_env") or {}).get("working_dir")
+    except ValueError:
+        return None
+
+
+def check_paths(manifest_path: str, out_dir: str) -> None:
+    """Refuse relative paths in a job with a working dir: they would name files in the job's
+    temporary copy of it, which no other node sees and which is deleted with the job — output
+    written there "succeeds" and is lost."""
+    if _job_working_dir() is None:
+        return
+    for flag, path in (("--manifest", manifest_path), ("--out", out_dir)):
+        if not Path(path).is_absolute():
+            raise ExtractError(f"{flag} {path} is relative, and this Ray job runs in a temporary copy of its "
+                               f"--working-dir: give an absolute path on storage every node can read and write")
+
+
 def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_failed: bool = False,
-            address: str | None = None, num_cpus: int | None = None) -> dict:
-    """Run the extraction; returns the index written (``index.json``)."""
+            address: str | None = None, num_cpus: int | None = None, steps: list[Step] | None = None) -> dict:
+    """Run the extraction; returns the index written (``index.json``). ``steps`` replace the
+    preset's stages (``stage_plan``): benchmarks of the pipeline itself run lighter ones."""
     import ray
 
+    check_paths(manifest_path, out_dir)
     out = Path(out_dir)
-    rows = manifest.read(manifest_path)
+    num_rows = manifest.count_rows(manifest_path)
     _check_installed(config)
-    manifest_sha = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
-    config_hash = config.output_hash(manifest_sha)
-    _check_config(out, config, config_hash, manifest_path)
-    work, shard_count = plan_work(rows, out, config.samples_per_shard, retry_failed)
-    print(f"{len(rows)} manifest rows in {shard_count} shards; {len(work.rows)} rows to process "
-          f"in {len(work.expected)} shards, {shard_count - len(work.expected)} shards already complete")
+    commits = model_commits(config)
+    config_hash = config.output_hash(file_sha256(manifest_path), commits)
+    _check_config(out, config, config_hash, manifest_path, commits)
+    work, shard_count = plan_work(num_rows, out, config.samples_per_shard, retry_failed)
+    todo_rows = sum(w.rows for w in work)
+    print(f"{num_rows} manifest rows in {shard_count} shards; {todo_rows} rows to process "
+          f"in {len(work)} shards, {shard_count - len(work)} shards already complete")
+    # Parts of an interrupted run: their shards are processed again from the start.
+    shutil.rmtree(out / shard_assembly.PARTS, ignore_errors=True)
     totals = Totals()
     start = time.time()
-    if work.rows:
+    if work:
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus if not address else None, log_to_driver=False)
-        gathered: dict[int, list[dict]] = defaultdict(list)
-        for row in build_dataset(work, config).iter_rows():
-            row = dict(row)
+        assemble = ray.remote(num_cpus=ASSEMBLY_CPUS, scheduling_strategy="SPREAD")(shard_assembly.assemble)
+        by_shard = {w.shard: w for w in work}
+        remaining = {w.shard: w.rows for w in work}
+        running: list = []
+
+        def report(ready: list) -> None:
+            for stats in ray.get(ready):
+                print(f"shard {stats['name']}: {stats['samples']} ok, {stats['failed']} failed, "
+                      f"{stats['bytes']} bytes")
+
+        steps = steps or stage_plan(config, pinned_models(config, commits))
+        for row in build_dataset(work, manifest_path, out, config, config_hash, steps).iter_rows():
+            totals.add(row)
             shard = int(row["shard"])
-            gathered[shard].append(row)
-            if len(gathered[shard]) == work.expected[shard]:
-                stats = _finish_shard(out, shard, gathered.pop(shard), work, config_hash, totals)
-                print(f"shard {stats['name']}: {stats['samples']} ok, {stats['failed']} failed, {stats['bytes']} bytes")
-        if gathered:
-            raise RuntimeError(f"shards {sorted(gathered)} did not receive all their rows; rerun to resume")
+            remaining[shard] -= 1
+            if remaining[shard] == 0:
+                del remaining[shard]
+                running.append(assemble.remote(str(out), shard, config_hash, by_shard[shard].retried))
+            ready, running = ray.wait(running, num_returns=len(running), timeout=0) if running else ([], [])
+            report(ready)
+        report(running)
+        if remaining:
+            raise RuntimeError(f"shards {sorted(remaining)[:10]} did not receive all their rows; rerun to resume")
     elapsed = time.time() - start
     models = config.resolved_models()
     all_stats = [shards.read_stats(out, i) for i in range(shard_count)]
@@ -277,7 +352,7 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
               "settings": models.settings_summary(),
               "embedding_dims": next((st["embedding_dims"] for st in all_stats if "embedding_dims" in st), {})}
     index = shards.write_index(out, Path(out).name, shard_count, header)
-    print(summary(index, totals, elapsed, len(work.rows)))
+    print(summary(index, totals, elapsed, todo_rows))
     return index
 
 

@@ -34,7 +34,7 @@ from pipeline.models import presets
 from pipeline.sample_format import Sample, SampleMeta
 
 ANALYSIS_ONLY = "analysis-only"
-PRESET_CHOICES = (*presets.PRESETS, ANALYSIS_ONLY)
+PRESET_CHOICES = tuple(presets.PRESETS)
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,19 @@ class OnlinePriors:
             raise ValueError(f"unknown prior preset {preset!r}; choose one of {', '.join(PRESET_CHOICES)}")
         self.preset = preset
         self.use_hint = use_hint
-        self.mllm = self.reference = self.embedder = None
-        if preset != ANALYSIS_ONLY:
-            models = presets.preset(preset)
-            if models.mllm is not None:
-                from pipeline.models.mllm import load_mllm
+        self.mllm = self.reference = None
+        models = presets.preset(preset)
+        if models.mllm is not None:
+            from pipeline.models.mllm import load_mllm
 
-                self.mllm = load_mllm(models.mllm)
-            if models.diffusion is not None:
-                from pipeline.models.reference import load_reference
+            self.mllm = load_mllm(models.mllm)
+        if models.diffusion is not None:
+            from pipeline.models.reference import load_reference
 
-                self.reference = load_reference(models.diffusion)
-            from pipeline.models.embedder import Embedder
+            self.reference = load_reference(models.diffusion)
+        from pipeline.models.embedder import Embedder
 
-            self.embedder = Embedder(models)
+        self.embedder = Embedder(models)
 
     def sample(self, key: str, pixels: np.ndarray, jpeg_bytes: bytes | None = None,
                user: UserPriors = NOTHING_STATED, gt: np.ndarray | None = None, dataset: str = "",
@@ -96,7 +95,7 @@ class OnlinePriors:
         if self.reference is not None and user.reference and caption:
             ref = self.reference.render([caption], [stages.reference_seed(key)])[0]
         embeddings = None
-        if self.embedder is not None and self.embedder.active:
+        if self.embedder.active:
             embeddings = self.embedder.embed([pixels], [caption], [text])[0]
         height, width = pixels.shape[:2]
         meta = SampleMeta(key=key, dataset=dataset, split=split, task=task, width=width, height=height,

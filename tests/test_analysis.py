@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import degrade, stages, vocabulary
+from pipeline import degrade, manifest, stages, vocabulary
 from pipeline.analysis import classifier, describers
 from pipeline.analysis import evaluate as ev
 from pipeline.analysis.analyze import analyze
@@ -268,9 +268,10 @@ def test_evaluate_reads_a_manifest(tmp_path, photo):
     lq = tmp_path / "lq.png"
     noisy, applied = degrade.apply(photo[:128, :128].copy(), "noise:sigma=25", seed=1)
     lq.write_bytes(encode_png(noisy))
-    table = pa.table({"key": ["s0"], "dataset": ["t"], "split": ["test"], "task": ["denoise"],
-                      "degradation": ["noise"], "params": [json.dumps(applied)], "lq_uri": [str(lq)],
-                      "gt_uri": [""], "width": [128], "height": [128], "lq_sha256": [""], "gt_sha256": [""]})
+    table = pa.Table.from_pylist([{"key": "s0", "dataset": "t", "split": "test", "task": "denoise",
+                                   "degradation": "noise", "params": json.dumps(applied), "seed": 1,
+                                   "lq_uri": "lq.png", "gt_uri": None, "width": 128, "height": 128,
+                                   "lq_sha256": "", "gt_sha256": None, "notes": ""}], schema=manifest.SCHEMA)
     pq.write_table(table, tmp_path / "m.parquet")
     samples = list(ev.from_manifest(str(tmp_path / "m.parquet")))
     assert samples[0].types == ("noise",) and samples[0].params == {"sigma": 25.0}

@@ -302,47 +302,96 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_ray_job_submit_against_a_started_head(tmp_path, rain_manifest):
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    # A token-authenticated head, as a cluster should be run: the job client presents the same token.
+def _ray_node(args: list[str], env: dict) -> subprocess.Popen:
+    # --block keeps a node's processes in one process group that the test owns and kills at the
+    # end; `ray stop` would also stop any other Ray on this machine.
+    return subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--block",
+                             "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+
+
+def _stop(node: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(node.pid, sig)
+            node.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _working_dir(tmp_path: Path) -> Path:
+    """A checkout as a user has it after the README's commands: the tracked files, plus 110 MB of
+    evaluation images in an ignored folder (over Ray's 100 MiB upload limit unless .gitignore,
+    which Ray honours, keeps them out)."""
+    folder = tmp_path / "checkout"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    (folder / "testsets_lq").mkdir()
+    (folder / "testsets_lq" / "images.bin").write_bytes(os.urandom(110 << 20))
+    return folder
+
+
+def test_ray_job_submit_to_a_two_node_cluster_as_the_readme_says(tmp_path, rain_manifest):
+    # The README's recipe on one machine: a token-authenticated head and a second node joined with
+    # `ray start --address`; the client sets the same RAY_AUTH_MODE and token.
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
     ray_tmp = tempfile.mkdtemp(prefix="lmdir-ray-", dir="/tmp")  # Unix socket paths must stay short
-    # --block keeps the head's processes in one process group that the test owns and kills at the
-    # end; `ray stop` would also stop any other Ray on this machine.
-    gcs, dashboard, agent = _free_ports(3)
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                             f"--dashboard-agent-listen-port={agent}", "--num-cpus=2", "--include-dashboard=true",
-                             "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    gcs, dashboard, agent, agent2 = _free_ports(4)
+    head = _ray_node(["--head", f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                      f"--dashboard-agent-listen-port={agent}", "--include-dashboard=true", f"--temp-dir={ray_tmp}"], env)
+    nodes = [head]
     try:
         url = f"http://127.0.0.1:{dashboard}"
         _wait_for_dashboard(url, head, timeout=180)
+        nodes.append(_ray_node([f"--address=127.0.0.1:{gcs}", f"--dashboard-agent-listen-port={agent2}"], env))
+        # The manifest as pipeline.manifest writes it: image paths relative to its own folder, so
+        # the job finds them though its working dir is a copy somewhere else.
+        folder = tmp_path / "data"
+        shutil.copytree(Path(rain_manifest).parent, folder)
+        rows = [{**r, "lq_uri": str(folder / Path(r["lq_uri"]).name), "gt_uri": str(folder / Path(r["gt_uri"]).name)}
+                for r in manifest.read(rain_manifest)]
+        manifest_path = str(folder / "rain.parquet")
+        manifest.write(manifest.Manifest(rows=rows), manifest_path)
+        assert not Path(pq.read_table(manifest_path)["lq_uri"][0].as_py()).is_absolute()
+        checkout = _working_dir(tmp_path)
+
+        def submit(out: str) -> subprocess.CompletedProcess:
+            sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
+            command = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", url,
+                       "--working-dir", ".", "--", sys.executable, "-m", "pipeline.extract", "--manifest",
+                       manifest_path, "--out", out, "--samples-per-shard", "2", "--set", "reference=false", *sets]
+            for _ in range(30):  # the dashboard answers before the node's job agent has registered
+                job = subprocess.run(command, capture_output=True, text=True, cwd=checkout, env=env, timeout=600)
+                if "No available agent" not in job.stderr + job.stdout:
+                    return job
+                time.sleep(2)
+            return job
+
         out = tmp_path / "job_out"
-        sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
-        command = [ray_bin, "job", "submit", "--address", url, "--",
-                   sys.executable, "-m", "pipeline.extract", "--manifest", rain_manifest,
-                   "--out", str(out), "--samples-per-shard", "4", "--set", "reference=false", *sets]
-        for _ in range(30):  # the dashboard answers before the node's job agent has registered
-            job = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-            if "No available agent" not in job.stderr + job.stdout:
-                break
-            time.sleep(2)
+        job = submit(str(out))
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
         index = json.loads((out / "index.json").read_text())
-        assert index["samples"] == 8 and len(index["shards"]) == 2
+        assert index["samples"] == 8 and len(index["shards"]) == 4
+        writers = [shards.read_stats(out, i)["writer"] for i in range(4)]
+        assert all(w["pid"] and w["host"] for w in writers)
+        assert len({w["node_id"] for w in writers}) == 2, writers  # both nodes wrote shards
         assert not any(name.endswith(".ref.png") for tar in out.glob("*.tar") for name in _members(tar))
+
+        # A relative --out would land in the job's temporary copy of the checkout: refused.
+        job = submit("priors/rain")
+        assert job.returncode != 0, job.stdout[-3000:]
+        assert "--out priors/rain is relative" in job.stdout + job.stderr, job.stdout[-3000:] + job.stderr[-3000:]
+        assert not (checkout / "priors").exists()
     finally:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
-            try:
-                os.killpg(head.pid, sig)
-                head.wait(timeout=wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        for node in reversed(nodes):
+            _stop(node)
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -365,3 +414,20 @@ def _members_of(data: bytes) -> list[str]:
 
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
         return [(m.name) for m in t.getmembers() if m.mtime == shards.FIXED_MTIME and m.uid == 0]
+
+
+def test_shards_mix_the_datasets_of_a_manifest(tmp_path):
+    # Two datasets of 32 rows each, as pipeline.manifest writes them: shards are cut from
+    # consecutive rows, and the rows' order comes from a hash of their keys, so shards mix both.
+    rows = [{**_row(sf.make_key(name, "train", f"{i:03d}.png"), tmp_path / f"{name}{i}.png", None), "dataset": name}
+            for name in ("rain100l", "sots") for i in range(32)]
+    path = str(tmp_path / "m.parquet")
+    manifest.write(manifest.Manifest(rows=rows), path)
+    written = manifest.read(path)
+    assert sorted(r["key"] for r in written) == sorted(r["key"] for r in rows)
+    cut = [{r["dataset"] for r in written[start:stop]} for start, stop in shards.plan(len(written), 8)]
+    assert len(cut) == 8 and sum(len(d) == 2 for d in cut) >= 6, cut
+    # The order depends on the keys alone: the same rows in another order give the same file.
+    again = str(tmp_path / "again.parquet")
+    manifest.write(manifest.Manifest(rows=rows[::-1]), again)
+    assert Path(again).read_bytes() == Path(path).read_bytes()

@@ -112,14 +112,10 @@ def real(root: Path, sets: dict[str, tuple[str, ...]] = REAL_SETS) -> Iterator[L
 
 
 def from_manifest(path: str, limit: int | None = None) -> Iterator[LabelledImage]:
-    """Samples of a dataset manifest parquet (columns key, degradation, params, lq_uri, …)."""
-    import pyarrow.parquet as pq
+    """Samples of a dataset manifest parquet (``pipeline.manifest``)."""
+    from pipeline import manifest
 
-    try:
-        table = pq.read_table(path, columns=["key", "degradation", "params", "lq_uri"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such manifest file") from None
-    for i, row in enumerate(table.to_pylist()):
+    for i, row in enumerate(manifest.read(path)):
         if limit is not None and i >= limit:
             return
         pixels, data = _load(row["lq_uri"])
@@ -305,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(samples, chosen)
     except ImageError as e:
         return cli.fail(f"cannot read an evaluation image: {e}")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # a missing folder, a missing or unusable manifest
         return cli.fail(e)
     print(write(report, Path(args.out), title))
     return 0

@@ -143,6 +143,12 @@ class Preset:
                 "text": self.text.model if self.text else None}
 
 
+def _analysis_only() -> Preset:
+    # No model at all: the weight-free analysis's vector and sentence, no tokens. What a machine
+    # without any weights can extract, and the lightest pass for measuring the pipeline itself.
+    return Preset(name="analysis-only", mllm=None, diffusion=None, clip=None, text=None)
+
+
 def _offline() -> Preset:
     return Preset(name="offline", mllm=None, diffusion=None, clip=None, text=TextEncoderSettings())
 
@@ -180,7 +186,8 @@ def _quality() -> Preset:
     )
 
 
-PRESETS = {"offline": _offline, "tiny": _tiny, "default": _default, "quality": _quality}
+PRESETS = {"analysis-only": _analysis_only, "offline": _offline, "tiny": _tiny, "default": _default,
+           "quality": _quality}
 
 
 def preset(name: str) -> Preset:
