@@ -303,10 +303,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _ray_node(args: list[str], env: dict) -> subprocess.Popen:
-    # --block keeps a node's processes in one process group that the test owns and kills at the
+    # Two logical CPUs a node: room on both for the stages' actors and the shard-writing tasks,
+    # which are spread over the nodes with free capacity. --block keeps a node's processes in one process group that the test owns and kills at the
     # end; `ray stop` would also stop any other Ray on this machine.
     return subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--block",
-                             "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", *args],
+                             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
 
 
