@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
-from pipeline import demo_data, extract, extract_config, manifest
+from pipeline import cli, demo_data, extract, extract_config, manifest
 from restore import checkpoint, evaluate, infer
 from restore.train import TrainConfig, train
 
@@ -42,7 +43,19 @@ def _training_config(index: str, out: str, steps: int) -> TrainConfig:
                        val_samples=28, log_every=20)
 
 
-def main() -> None:
+def main() -> int:
+    args = build_parser().parse_args()
+    try:
+        run_demo(args)
+    except extract.ExtractError as e:  # e.g. --out holds priors of another extraction configuration
+        return cli.fail(e)
+    except KeyboardInterrupt:
+        return cli.interrupted(f"the demo stopped; what it finished is in {args.out} (complete prior shards are "
+                               "kept and skipped when it runs again); rerun the same command to start over")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m restore.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
     ap.add_argument("--steps", type=int, default=300, help="training steps of the tiny restorer")
@@ -50,7 +63,10 @@ def main() -> None:
     ap.add_argument("--real-photo", default=str(REAL_PHOTO),
                     help="a real degraded photo for the shipped checkpoint to restore (default: a DICM low-light "
                          "photo from ../shared/data)")
-    args = ap.parse_args()
+    return ap
+
+
+def run_demo(args: argparse.Namespace) -> None:
     out = Path(args.out)
     timings: dict[str, float] = {}
 
@@ -130,4 +146,4 @@ def _restore_with_shipped(photo: Path, out: Path) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

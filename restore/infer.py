@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                                  args.preset, args.device, max_pixels=args.max_pixels, failures=failures)
     except (FileNotFoundError, ValueError) as e:  # the checkpoint: missing, unreadable, not a restorer
         return cli.fail(e, status=1)
+    except KeyboardInterrupt:
+        return cli.interrupted(f"images restored before Ctrl-C are in {args.out}; rerun with the rest")
     total = len(written) + len(failures)
     if failures:
         why = "; ".join(f"{f.image}: {f.reason}" for f in failures)
