@@ -60,11 +60,14 @@ class ModelEMA:
     def update(self, model: nn.Module, updates: int) -> None:
         """Move the average towards ``model`` after its ``updates``-th optimizer step (0-based)."""
         decay = self.decay_at(updates)
-        for averaged, current in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if averaged.is_floating_point():
-                averaged.lerp_(current.detach().to(averaged.dtype), 1.0 - decay)
-            else:
-                averaged.copy_(current)
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [*model.parameters(), *model.buffers()]
+        floating = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        # One fused kernel per dtype and device for all floating tensors, instead of a lerp (a
+        # kernel launch and its Python) per tensor: a base restorer has several hundred.
+        torch._foreach_lerp_([averaged[i] for i in floating], [current[i] for i in floating], 1.0 - decay)
+        for i in set(range(len(averaged))) - set(floating):  # integer buffers (BatchNorm's counter)
+            averaged[i].copy_(current[i])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -96,8 +99,15 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tens
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Inverse of optimizer_to_files: load the state into ``optimizer``."""
+def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any],
+                         saved_names: list[str] | None = None) -> None:
+    """Inverse of optimizer_to_files: load the state into ``optimizer``.
+
+    When the saved parameter groups differ from the optimizer's (the trainer changed how it groups
+    parameters), each parameter's state is found by its name: the optimizer's groups must carry
+    ``param_names``, and so do the saved ones, or ``saved_names`` lists them in the saved order
+    (checkpoints from before groups were named).
+    """
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         _, param, name = key.split(".", 2)
@@ -105,6 +115,16 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, Te
     for param, values in meta["scalars"].items():
         state.setdefault(int(param), {}).update(values)
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        names = [n for g in groups for n in g.get("param_names", [])] or saved_names
+        if names is None or any("param_names" not in g for g in optimizer.param_groups):
+            raise ValueError("the checkpoint's optimizer groups its parameters differently and names none of them")
+        by_name = dict(zip(names, (state.get(i) for g in groups for i in g["params"]), strict=True))
+        current = [n for g in optimizer.param_groups for n in g["param_names"]]
+        state = {i: by_name[n] for i, n in enumerate(current) if by_name.get(n)}
+        ids = iter(range(len(current)))
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [next(ids) for _ in g["params"]]}
+                  for g in optimizer.param_groups]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -182,8 +202,10 @@ def _load(path: Path) -> dict[str, Tensor]:
         raise ValueError(f"{path}: not a readable safetensors file: {e}") from e
 
 
-def load(directory: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> Loaded:
-    """Load weights, EMA weights and optimizer state of a checkpoint folder into the given objects."""
+def load(directory: str | Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+         saved_names: list[str] | None = None) -> Loaded:
+    """Load weights, EMA weights and optimizer state of a checkpoint folder into the given objects
+    (``saved_names``: see optimizer_from_files)."""
     directory = Path(directory).resolve()
     for name in (RAW, OPTIMIZER, STATE_TENSORS, STATE_JSON, "model.safetensors"):
         if not (directory / name).is_file():
@@ -194,7 +216,7 @@ def load(directory: str | Path, model: nn.Module, ema: nn.Module, optimizer: tor
     state = json.loads((directory / STATE_JSON).read_text())
     # CPU tensors: load_state_dict moves moments to their parameter's device and keeps AdamW's
     # step counters on the CPU, where non-capturable AdamW needs them.
-    optimizer_from_files(optimizer, _load(directory / OPTIMIZER), state["optimizer"])
+    optimizer_from_files(optimizer, _load(directory / OPTIMIZER), state["optimizer"], saved_names)
     return Loaded(directory, state, _load(directory / STATE_TENSORS))
 
 

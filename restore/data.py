@@ -27,20 +27,32 @@ to LQ, GT and the reference. The reference (rendered at the diffusion model's re
 first *resized to the LQ image's size*, the way tiled inference treats it, then cropped with
 the same window, so a crop sees the matching part of the reference.
 
+Per-dataset weights (``StreamConfig.dataset_weights``, PromptIR's "Rain100L ×120") need random
+access, because an extraction's shards mix its datasets: ``index_shards`` reads the tar headers and
+metadata members of local shards once into a ``SampleIndex``, and each shard draw then picks one
+sample with probability proportional to its dataset's weight and reads just its bytes. Such a
+draw is a pure function of (seed, rank, logical worker, epoch, draw), like a synthetic one.
+
 Bad data never ends a run: an unreadable tar (truncated, missing, a failed download) or a
 sample that breaks the format is skipped, counted per worker and logged at a limited rate.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
+import io
 import json
 import logging
 import math
+import multiprocessing
+import os
 import random
 import signal
+import tarfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +77,7 @@ from pipeline.sample_format import (
 )
 from pipeline.shards import INDEX
 from pipeline.vocabulary import DEGRADATION_TYPES
+from restore.lifeline import die_with_parent
 from restore.model.priors import PRIOR_NAMES, Priors
 from restore.synthesis import SynthesisConfig, Synthesizer
 
@@ -322,6 +335,151 @@ def sample_priors(sample: Sample, token_width: int, clip_width: int, use_referen
     return batch_priors(collate([arrays]))
 
 
+# --- random access for per-dataset weights ---------------------------------------------------
+
+TAR_BLOCK = 512
+
+
+@dataclass(frozen=True, eq=False)
+class SampleIndex:
+    """Where each sample of a set of local shards lies, and its (dataset, split, task) label.
+
+    Sample ``i`` is the tar bytes ``[start[i], stop[i])`` of shard ``urls[shard[i]]`` (webdataset
+    keeps one sample's members adjacent); ``label[i]`` indexes ``labels``.
+    """
+
+    urls: tuple[str, ...]
+    shard: np.ndarray  # (N,) int32
+    start: np.ndarray  # (N,) int64
+    stop: np.ndarray  # (N,) int64
+    label: np.ndarray  # (N,) int32
+    labels: tuple[tuple[str, str, str], ...]  # (dataset, split, task)
+    unreadable: tuple[str, ...] = ()  # shards that could not be read: left out, as the stream skips them
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+    def counts(self, split: str | None) -> Counter[tuple[str, str]]:
+        """Samples per (dataset, task) in ``split`` (None: in every split)."""
+        per_label = np.bincount(self.label, minlength=len(self.labels))
+        counts: Counter[tuple[str, str]] = Counter()
+        for (dataset, sample_split, task), n in zip(self.labels, per_label):
+            if split is None or sample_split == split:
+                counts[dataset, task] += int(n)
+        return counts
+
+    def ids(self, split: str | None) -> np.ndarray:
+        """The samples of ``split`` (None: all), in index order."""
+        keep = np.asarray([split is None or s == split for _, s, _ in self.labels], bool)
+        return np.flatnonzero(keep[self.label])
+
+    def record(self, i: int) -> dict[str, Any]:
+        """The webdataset record of sample ``i`` (``__key__``, ``__url__`` and its members' bytes)."""
+        url = self.urls[self.shard[i]]
+        with open(url, "rb") as f:
+            f.seek(int(self.start[i]))
+            chunk = f.read(int(self.stop[i] - self.start[i]))
+        record: dict[str, Any] = {"__url__": url}
+        with tarfile.open(fileobj=io.BytesIO(chunk), mode="r:") as tar:
+            for member in tar:
+                key, _, name = member.name.partition(".")
+                record["__key__"] = key
+                record[name] = tar.extractfile(member).read()
+        return record
+
+
+def index_shards(urls: tuple[str, ...]) -> SampleIndex:
+    """Read the tar headers and metadata members of local shards into a SampleIndex (no image
+    is read: about 1 ms a sample on a busy 2-core machine). An unreadable shard is listed in ``unreadable``;
+    a URL raises ValueError, since random access needs the shards on a local disk."""
+    remote = [u for u in urls if _is_url(u)]
+    if remote:
+        raise ValueError(f"per-dataset weights read samples by offset and need local shards, got {remote[0]}; "
+                         "download the set first (python -m pipeline.download)")
+    shard, start, stop, label = [], [], [], []
+    labels: dict[tuple[str, str, str], int] = {}
+    unreadable = []
+    for number, url in enumerate(urls):
+        rows = []
+        try:
+            with tarfile.open(url, mode="r:") as tar:
+                key, first, last, meta = None, 0, 0, None
+                for member in tar:
+                    name_key = member.name.partition(".")[0]
+                    if name_key != key:
+                        if key is not None:
+                            rows.append((first, last, meta))
+                        key, first, meta = name_key, member.offset, None
+                    last = member.offset_data + -(-member.size // TAR_BLOCK) * TAR_BLOCK
+                    if member.name.partition(".")[2] == META:
+                        meta = _json_or_none(tar.extractfile(member).read())
+                if key is not None:
+                    rows.append((first, last, meta))
+        except (tarfile.TarError, OSError) as e:
+            log.warning("%s: cannot index this shard, it is left out: %s", url, _short(e))
+            unreadable.append(url)
+            continue
+        for first, last, meta in rows:
+            if not isinstance(meta, dict):
+                continue  # no readable metadata: decode_sample would reject the sample anyway
+            labelled = (str(meta.get("dataset")), str(meta.get("split")), str(meta.get("task")))
+            shard.append(number)
+            start.append(first)
+            stop.append(last)
+            label.append(labels.setdefault(labelled, len(labels)))
+    return SampleIndex(tuple(urls), np.asarray(shard, np.int32), np.asarray(start, np.int64),
+                       np.asarray(stop, np.int64), np.asarray(label, np.int32), tuple(labels), tuple(unreadable))
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class DatasetShare:
+    """One dataset of a weighted mix: its samples in the training split, weight and share of draws."""
+
+    dataset: str
+    task: str
+    samples: int
+    weight: float  # 0: never drawn (a dataset of the shards that the weights do not name)
+    share: float
+
+
+def dataset_mix(index: SampleIndex, weights: Mapping[str, float], split: str | None) -> list[DatasetShare]:
+    """Each dataset's share of draws, ∝ samples × weight (PromptIR's epoch of repeated lists).
+
+    Raises ValueError when a named dataset has no sample in ``split`` or nothing can be drawn.
+    """
+    counts = index.counts(split)
+    per_dataset = Counter()
+    tasks: dict[str, set[str]] = {}
+    for (dataset, task), n in counts.items():
+        per_dataset[dataset] += n
+        tasks.setdefault(dataset, set()).add(task)
+    missing = sorted(d for d, w in weights.items() if w > 0 and not per_dataset[d])
+    if missing:
+        found = ", ".join(f"{d} ({n})" for d, n in sorted(per_dataset.items())) or "none"
+        raise ValueError(f"dataset_weights names {', '.join(missing)}, but the shards hold no such sample in split "
+                         f"{split!r} (they hold: {found}); extract it, or set dataset_weights.{missing[0]}=0")
+    total = sum(n * weights.get(d, 0.0) for d, n in per_dataset.items())
+    if total <= 0:
+        raise ValueError("dataset_weights leave nothing to draw: give a dataset of the shards a weight above 0")
+    return [DatasetShare(d, "+".join(sorted(tasks[d])), n, weights.get(d, 0.0), n * weights.get(d, 0.0) / total)
+            for d, n in sorted(per_dataset.items(), key=lambda kv: -kv[1] * weights.get(kv[0], 0.0))]
+
+
+def _weighted_ids(index: SampleIndex, weights: Mapping[str, float], split: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The drawable samples and the cumulative sum of their weights."""
+    ids = index.ids(split)
+    w = np.asarray([weights.get(dataset, 0.0) for dataset, _, _ in index.labels], np.float64)[index.label[ids]]
+    keep = w > 0
+    return ids[keep], np.cumsum(w[keep])
+
+
 # --- the training stream ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -351,6 +509,10 @@ class StreamConfig:
     resampled: bool = True
     synthesis: SynthesisConfig | None = None  # degrade clean photos on the fly (restore.synthesis)
     shard_share: float = 1.0  # with both sources: the share of examples taken from the shards
+    # Per-dataset weights: shard samples are drawn from ``index`` with probability ∝ the weight of
+    # their dataset (absent datasets: never) instead of streamed from the tars. Both or neither.
+    index: SampleIndex | None = None
+    dataset_weights: Mapping[str, float] | None = None
 
 
 def _split_of(record: dict[str, Any]) -> str | None:
@@ -360,8 +522,9 @@ def _split_of(record: dict[str, Any]) -> str | None:
         return None  # decode_sample reports the real problem
 
 
-# Seed tags that keep a draw's source choice and its synthetic sample apart from shard seeds.
-_SOURCE_TAG, _SYNTH_TAG = 1, 2
+# Seed tags that keep a draw's source choice, its synthetic sample and its indexed shard sample
+# apart from the seeds of streamed shard samples.
+_SOURCE_TAG, _SYNTH_TAG, _INDEXED_TAG = 1, 2, 3
 
 
 def synthetic_example(sample: Sample, token_width: int, clip_width: int) -> dict[str, np.ndarray]:
@@ -389,8 +552,15 @@ class TrainStream(IterableDataset):
             raise ValueError(f"need one start position per logical worker ({workers}), got {len(start)}")
         if not config.urls and config.synthesis is None:
             raise ValueError("the training stream needs shards, synthesis, or both")
+        if (config.index is None) != (config.dataset_weights is None):
+            raise ValueError("per-dataset weights need both StreamConfig.index and StreamConfig.dataset_weights")
         self.config, self.rank, self.world, self.workers = config, rank, world, workers
         self.start, self.rotation = start, rotation
+        self.weighted = None
+        if config.index is not None:
+            self.weighted = _weighted_ids(config.index, config.dataset_weights, config.split)
+            if not len(self.weighted[0]):
+                raise ValueError(f"no sample of split {config.split!r} has a dataset weight above 0")
 
     def _shards(self, logical: int, rng: random.Random) -> Iterator[dict[str, str]]:
         urls = self.config.urls
@@ -435,6 +605,18 @@ class TrainStream(IterableDataset):
             other_split = 0
             yield example, raw
 
+    def _indexed_example(self, epoch_seed: int, draw: int) -> dict[str, np.ndarray]:
+        """Draw ``draw`` of the epoch as one weighted pick of the index, read and augmented."""
+        c = self.config
+        ids, cumulative = self.weighted
+        rng = np.random.default_rng(stream_seed(epoch_seed, _INDEXED_TAG, draw))
+        pick = ids[min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(ids) - 1)]
+        try:
+            record = c.index.record(int(pick))
+        except (OSError, tarfile.TarError) as e:
+            raise ValueError(f"{c.index.urls[c.index.shard[pick]]}: cannot read sample {pick}: {e}") from e
+        return training_example(decode_sample(record), c.crop, rng, c.token_width, c.clip_width)
+
     def _from_shards(self, epoch_seed: int, draw: int) -> bool:
         c = self.config
         if c.synthesis is None or not c.urls:
@@ -451,16 +633,21 @@ class TrainStream(IterableDataset):
         synthesizer = Synthesizer(c.synthesis) if c.synthesis is not None else None
         while True:
             epoch_seed = stream_seed(c.seed, self.rank, logical, position.epoch)
-            shard_examples = (self._shard_examples(logical, epoch_seed, position.raw, skips) if c.urls else None)
+            streamed = bool(c.urls) and self.weighted is None
+            shard_examples = self._shard_examples(logical, epoch_seed, position.raw, skips) if streamed else None
             examples, raw, batches, draws = [], position.raw, position.batches, position.draws
             while True:
                 draws += 1
-                if self._from_shards(epoch_seed, draw=draws):
+                from_shards = self._from_shards(epoch_seed, draw=draws)
+                if from_shards and streamed:
                     example, raw = next(shard_examples)
                 else:
                     try:
-                        sample = synthesizer.sample(stream_seed(epoch_seed, _SYNTH_TAG, draws), c.crop)
-                        example = synthetic_example(sample, c.token_width, c.clip_width)
+                        if from_shards:
+                            example = self._indexed_example(epoch_seed, draws)
+                        else:
+                            sample = synthesizer.sample(stream_seed(epoch_seed, _SYNTH_TAG, draws), c.crop)
+                            example = synthetic_example(sample, c.token_width, c.clip_width)
                     except (SampleFormatError, ValueError) as e:
                         skips(e)
                         continue
@@ -486,7 +673,9 @@ def batches_per_epoch(samples: int, batch_size: int, world: int, workers: int) -
     return max(1, math.ceil(samples / (batch_size * world * workers)))
 
 
-def _init_worker(_: int) -> None:
+def _init_worker(trainer: int, _: int) -> None:
+    # Its parent is the fork server, which dies with the trainer (restore.lifeline).
+    die_with_parent(ancestor=trainer)
     # Ctrl-C reaches the whole process group, but the trainer answers it by finishing its step
     # and saving a checkpoint (restore.train): its workers must live on to deliver that step's
     # batches. The DataLoader stops them when the trainer is done with it.
@@ -506,10 +695,16 @@ def train_loader(config: StreamConfig, rank: int, world: int, workers: int, star
     # Workers start from a fork server, never forked from this process: a fork inherits the
     # OpenMP and OpenCV thread pools of whatever ran here before (validation decoding, Ray, the
     # analysis) in a broken state, and the worker then hangs on its first threaded call.
+    context = None
+    if workers > 0:
+        context = multiprocessing.get_context("forkserver")
+        # Applies when this starts the fork server (the first loader of the process); the default
+        # preload, __main__, stays.
+        context.set_forkserver_preload(["__main__", "restore.lifeline_forkserver"])
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=_init_worker if workers > 0 else None,
-                      multiprocessing_context="forkserver" if workers > 0 else None)
+                      worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers > 0 else None,
+                      multiprocessing_context=context)
 
 
 def read_samples(urls: tuple[str, ...] | list[str], split: str | None = None, limit: int | None = None,

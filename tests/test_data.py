@@ -65,7 +65,7 @@ def write_shards(out: Path, shards: int = 2, per_shard: int = 4, test_samples: i
             records.append(encode_sample(make_sample(key, index, split=split, reference=index % 3 != 2, width=width)))
             status.append(shard_files.StatusRow(key, shard, "ok"))
             index += 1
-        shard_files.write_shard(out, shard, records, status, {})
+        shard_files.write_shard(out, shard, shard_files.record_members(records), status, {})
     shard_files.write_index(out, "patterns", shards, {"preset": None, "embedding_dims": {"E": WIDTH, "W": width}})
     return out / shard_files.INDEX
 

@@ -1,4 +1,5 @@
-"""The trainer on real tiny shards: exact resume after a kill, DDP replicas in step, checkpoints."""
+"""The trainer on real tiny shards: exact resume after a kill (across a stage change, with bad data
+skipped), DDP replicas in step, checkpoints, a step without host reads, EMA and weight decay."""
 
 from __future__ import annotations
 
@@ -7,22 +8,26 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from restore import checkpoint, train
+from pipeline import shards as shard_files
+from restore import checkpoint, data, train
 from restore.model import Restorer, tiny
-from tests.test_data import write_shards
+from restore.model.priors import random_priors
+from tests.test_data import make_sample, write_shards
 
 N = 3  # steps before the kill; the schedule has 2N
 
 
 def config_for(index: Path, out: Path, **changes) -> train.TrainConfig:
-    settings = dict(shards=str(index), out=str(out), crop=32, batch_size=2, workers=0, shuffle_buffer=8,
+    settings = dict(shards=str(index), out=str(out), model="tiny", crop=32, batch_size=2, workers=0, shuffle_buffer=8,
                     steps=2 * N, warmup_steps=2, lr=1e-3, grad_clip=1.0, fft_weight=0.05, log_every=1,
                     val_every=2 * N, val_samples=2, save_every=N, keep=5, threads=1)
     settings.update(changes)
@@ -32,6 +37,16 @@ def config_for(index: Path, out: Path, **changes) -> train.TrainConfig:
 @pytest.fixture(scope="module")
 def shard_index(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("shards"), shards=2, per_shard=5, test_samples=2, held_out="val")
+
+
+@pytest.fixture(scope="module")
+def corrupt_index(tmp_path_factory) -> Path:
+    """The same shards with one training sample whose LQ image is not a PNG."""
+    index = write_shards(tmp_path_factory.mktemp("corrupt"), shards=2, per_shard=5, test_samples=2, held_out="val")
+    records = shard_files.read_records(index.parent / "000000.tar")
+    records["s0001"]["lq.png"] = b"\x89PNG\r\n\x1a\n not really a png"
+    (index.parent / "000000.tar").write_bytes(shard_files.tar_bytes(records.values()))
+    return index
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,9 +62,14 @@ def _killed_at_n(config: train.TrainConfig) -> None:
     train.fit(config, on_step=die)
 
 
-def test_kill_and_resume_gives_the_same_weights_as_a_straight_run(shard_index, tmp_path):
-    straight = train.fit(config_for(shard_index, tmp_path / "straight"))
-    resumed_config = config_for(shard_index, tmp_path / "resumed")
+@pytest.mark.parametrize("kind", ["plain", "stages and bad data"])
+def test_kill_and_resume_gives_the_same_weights_as_a_straight_run(shard_index, corrupt_index, tmp_path, kind):
+    changes = {}
+    if kind != "plain":  # killed where the crop and batch size change, and skipping a corrupt sample
+        shard_index = corrupt_index
+        changes = dict(stages=((N, 32, 2), (2 * N, 24, 3)))
+    straight = train.fit(config_for(shard_index, tmp_path / "straight", **changes))
+    resumed_config = config_for(shard_index, tmp_path / "resumed", **changes)
     child = multiprocessing.get_context("spawn").Process(target=_killed_at_n, args=(resumed_config,))
     child.start()
     child.join(timeout=300)
@@ -73,7 +93,13 @@ def test_kill_and_resume_gives_the_same_weights_as_a_straight_run(shard_index, t
     assert (run / "curve.png").is_file() and (run / "val" / f"step_{2 * N:08d}.png").is_file()
     assert list((run / "tb").iterdir()) and (run / "config.yaml").is_file()
     state = checkpoint.read_state(checkpoints / "last")
-    assert state["step"] == 2 * N and state["samples_seen"] == 2 * N * 2
+    straight_state = checkpoint.read_state(tmp_path / "straight" / "checkpoints" / "last")
+    assert state["skipped"] == straight_state["skipped"]  # counted once, across the kill
+    if kind == "plain":
+        assert state["step"] == 2 * N and state["samples_seen"] == 2 * N * 2 and state["skipped"] == [0]
+    else:
+        assert state["samples_seen"] == N * 2 + N * 3 and state["skipped"][0] > 0
+        assert records[-1 if "loss" in records[-1] else -2]["train_skipped"] == state["skipped"][0]
     assert Restorer.from_pretrained(checkpoints / "best").config.token_width == 8
 
 
@@ -117,6 +143,10 @@ def test_learning_rate_warms_up_then_follows_the_cosine():
     assert train.get_lr(110, config) == pytest.approx(1e-5)
     lrs = [train.get_lr(s, config) for s in range(10, 110)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # Held after the warmup, then a cosine longer than the run: it stops part-way (PromptIR's).
+    held = train.TrainConfig(steps=100, warmup_steps=10, hold_steps=20, decay_steps=140, lr=1e-3, min_lr=0.0)
+    assert train.get_lr(29, held) == pytest.approx(1e-3)
+    assert train.get_lr(100, held) == pytest.approx(0.5 * (1 + math.cos(math.pi * 70 / 140)) * 1e-3)
 
 
 def test_config_from_yaml_and_overrides(tmp_path):
@@ -162,3 +192,78 @@ def test_ema_averages_buffers_and_checkpoints_keep_n_last_and_best(tmp_path):
         for name, value in values.items():
             assert torch.equal(value, after["state"][param][name])
     assert math.isclose(after["param_groups"][0]["lr"], 1e-3)
+
+
+def test_ema_is_the_per_tensor_formula_in_one_fused_update():
+    torch.manual_seed(0)
+    model = Restorer(tiny(token_width=8, clip_width=8))
+    ema = checkpoint.ModelEMA(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    ema.update(model, updates=1000)  # the decay has ramped up to 0.9
+    for name, value in ema.module.state_dict().items():
+        expected = before[name] + 0.1 * (model.state_dict()[name] - before[name])
+        assert torch.allclose(value, expected, atol=1e-6, rtol=1e-5), name
+
+
+def test_learned_tokens_and_temperatures_are_not_weight_decayed_and_old_checkpoints_still_resume(tmp_path):
+    model = Restorer(tiny(token_width=8, clip_width=8))
+    decay, rest = train._param_groups(model, 1e-4)
+    exempt = {id(p) for _, p in rest["params"]}  # (name, parameter) pairs
+    for token in (model.prompt_encoder.null, model.prompt_encoder.queries, model.prompt_encoder.source,
+                  model.reference_encoder.null, model.caption_encoder.null, model.encoder1[0].attn.temperature):
+        assert id(token) in exempt
+    assert id(model.patch_embed.weight) in {id(p) for _, p in decay["params"]} and decay["weight_decay"] == 1e-4
+    assert rest["weight_decay"] == 0.0
+
+    # A checkpoint written before the groups had names (and grouped by dimension only) resumes:
+    # each parameter gets its own moments back.
+    named = [(n, p) for n, p in model.named_parameters()]
+    old = torch.optim.AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": 1e-4},
+                             {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}], lr=1e-3)
+    model(torch.rand(1, 3, 16, 16), random_priors(model.config, 1, (16, 16))).mean().backward()
+    old.step()
+    checkpoint.save(tmp_path, 1, model, model, old, {}, {}, keep=1)
+    new = torch.optim.AdamW(train._param_groups(model, 1e-4), lr=1e-3)
+    checkpoint.load(tmp_path / "last", model, model, new, saved_names=train._legacy_param_names(model))
+    for name, p in named:
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"]), name
+    # and the new checkpoints load as they are
+    checkpoint.save(tmp_path, 2, model, model, new, {}, {}, keep=1)
+    again = torch.optim.AdamW(train._param_groups(model, 1e-4), lr=1e-3)
+    checkpoint.load(tmp_path / "last", model, model, again)
+    assert all(torch.equal(again.state[p]["exp_avg_sq"], new.state[p]["exp_avg_sq"]) for _, p in named)
+
+
+def test_every_parameter_learns_from_a_training_batch_so_ddp_needs_no_unused_parameter_search():
+    model = Restorer(tiny(token_width=8, clip_width=8))
+    # A batch as the stream makes it, with samples missing priors and the prior dropout on top.
+    examples = [data.training_example(make_sample(f"k{i}", i, reference=i != 1), 24, np.random.default_rng(i), 8, 8)
+                for i in range(2)]
+    batch = data.collate(examples)
+    batch["present_caption_tokens"][:] = False
+    priors = train.drop_priors(data.batch_priors(batch), 0.5, torch.Generator().manual_seed(0))
+    model(batch["lq"], priors).mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_a_step_reads_nothing_back_from_the_device_between_log_intervals(shard_index, tmp_path, monkeypatch):
+    # On a GPU each read of a tensor's value waits for the queued work; count lmdir's own (torch's
+    # CPU optimizer reads its step counters, which a GPU's fused AdamW does not).
+    reads = []
+
+    def counting(read):
+        def wrapper(self):
+            if f"{os.sep}restore{os.sep}" in sys._getframe(1).f_code.co_filename:
+                reads.append(sys._getframe(1).f_code.co_name)
+            return read(self)
+        return wrapper
+
+    for name in ("item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    per_step = []
+    config = config_for(shard_index, tmp_path / "run", steps=5, log_every=5, val_every=5, save_every=5)
+    train.fit(config, on_step=lambda step, logs: per_step.append(len(reads)))
+    assert per_step[:4] == [per_step[0]] * 4 and per_step[4] > per_step[3]  # only the logging step reads

@@ -65,15 +65,17 @@ class Priors:
                              f"got {flags.dtype} {tuple(flags.shape)}")
         return flags.to(device)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Priors:
-        """A copy on ``device``; floating fields also cast to ``dtype`` when given."""
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None, non_blocking: bool = False) -> Priors:
+        """A copy on ``device``; floating fields also cast to ``dtype`` when given. ``non_blocking``
+        as for Tensor.to: the trainer's copies of a batch must not wait for the GPU."""
         def move(t: Tensor | None) -> Tensor | None:
             if t is None:
                 return None
-            return t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+            cast = dtype if dtype is not None and t.is_floating_point() else None
+            return t.to(device, cast, non_blocking=non_blocking)
 
         changes = {f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "present"}
-        return Priors(**changes, present={k: v.to(device) for k, v in self.present.items()})
+        return Priors(**changes, present={k: v.to(device, non_blocking=non_blocking) for k, v in self.present.items()})
 
     def with_present(self, **flags: Tensor) -> Priors:
         """A copy whose presence flags for the named priors are replaced by ``flags``."""

@@ -50,6 +50,8 @@ SIZE_MULTIPLE = 8
 DEGRADATION_LEVELS = ("encoder1", "encoder2", "encoder3", "latent")
 CONTENT_LEVELS = ("encoder3", "latent", "decoder3")
 REFERENCE_LEVELS = ("decoder1", "decoder2", "decoder3")  # index = reference pyramid level
+# Parameter names (the last part) that Restorer.no_weight_decay lists.
+NO_WEIGHT_DECAY = ("null", "queries", "source", "temperature")
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,13 @@ class Restorer(nn.Module):
         if encoded.reference is not None and level in self.reference_blocks:
             x = self.reference_blocks[level](x, encoded.reference[REFERENCE_LEVELS.index(level)])
         return x
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the learned tokens (null stand-ins, prompt queries, source tags) and attention
+        temperatures, which an optimizer should not weight-decay: decay pulls a null token towards
+        "nothing" and a temperature towards a flat softmax, and regularises neither (norms and
+        biases, the other vectors, stay out of decay by their dimension)."""
+        return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY}
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write config.json and model.safetensors into ``directory`` (each atomically).
