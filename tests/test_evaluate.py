@@ -99,7 +99,7 @@ def test_priors_from_shards_are_used_when_given(test_set, tmp_path, capsys):
                           height=48, analysis=donor.meta.analysis)
         records.append(encode_sample(Sample(meta=meta, lq=lq, ref=donor.ref, embeddings=donor.embeddings)))
         status.append(shard_files.StatusRow(row["key"], 0, "ok"))
-    shard_files.write_shard(tmp_path, 0, records, status, {})
+    shard_files.write_shard(tmp_path, 0, shard_files.record_members(records), status, {})
     shard_files.write_index(tmp_path, "waves", 1, {"embedding_dims": {"E": WIDTH, "W": WIDTH}})
     results = evaluate.evaluate(model_dir, [str(path)], shards=str(tmp_path / "index.json"), preset="analysis-only")
     assert "4 samples from shards, 2 computed on the fly (analysis-only)" in capsys.readouterr().err
