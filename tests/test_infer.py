@@ -108,7 +108,8 @@ def test_without_checkpoint_the_shipped_one_is_used_with_its_prior_preset_and_th
     monkeypatch.setattr(checkpoint, "SHIPPED", shipped_like)
     assert infer.main([photos[0], "--out", str(tmp_path / "out"), "--degradation", "remove the rain"]) == 0
     out = capsys.readouterr().out
-    assert "priors offline: 'remove the rain', types [" in out and "'rain'" in out
+    # The user's words, then the analysis's measurement of the type they name.
+    assert "priors offline: 'remove the rain; " in out and "rain streaks" in out and "'rain'" in out
     assert load_rgb(str(tmp_path / "out" / "dark0.png")).pixels.shape == (40, 40, 3)
     assert out.strip().endswith("restored 1 of 1 images into " + str(tmp_path / "out"))
 

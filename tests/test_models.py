@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.extract_config import ExtractConfig
 from pipeline.image_files import load_rgb
@@ -104,6 +105,45 @@ def test_mllm_describes_and_captions_real_images(tiny_cache, images):
     assert prov["model"] == "tiny://mllm" and prov["resolved"].startswith("tiny-sha256:")
     assert prov["generation"]["max_new_tokens"] == 16 and prov["generation"]["do_sample"] is False
     assert prov["prompts"]["describe"] == mllm.settings.describe_prompt
+
+
+def transformers_answers(mllm, images: list[np.ndarray], prompts: list[str]) -> list[str]:
+    """Answers the way transformers documents it: the processor on the prompts and the images, then
+    ``generate``, once per question (the vision tower looks at the images every time)."""
+    chat = [mllm.processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}],
+                                               add_generation_prompt=True, tokenize=False) for p in prompts]
+    size = {"shortest_edge": mllm.settings.min_pixels, "longest_edge": mllm.settings.max_pixels}
+    inputs = mllm.processor(text=chat, images=[Image.fromarray(img) for img in images], size=size, padding=True,
+                            return_tensors="pt")
+    with torch.inference_mode():
+        out = mllm.model.generate(**inputs, max_new_tokens=mllm.settings.max_new_tokens, do_sample=False)
+    return [t.strip() for t in mllm.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+
+
+def test_one_look_at_each_image_answers_both_questions(tiny_cache, images):
+    mllm = load_mllm(preset("tiny").mllm)
+    looked_at = []  # images in each pass of the model's own vision tower
+    hook = mllm.model.model.visual.register_forward_hook(
+        lambda module, args, kwargs, out: looked_at.append(len(kwargs["grid_thw"])), with_kwargs=True)
+    try:
+        hints = ["strong noise (sigma 25)", None]
+        seen = mllm.see(images)
+        described, captioned = mllm.describe(seen, hints), mllm.caption(seen)
+        assert looked_at == [2]  # one pass over both images, for both answers
+        assert all(len(t) for t in described + captioned)
+
+        # The same answers, to the token, as one processor call and one generate per question: the
+        # model reads the very same features and tokens, and greedy decoding picks the same words.
+        s = mllm.settings
+        looked_at.clear()
+        assert transformers_answers(mllm, images, [f"{s.hint_template.format(hint=hints[0])} {s.describe_prompt}",
+                                                   s.describe_prompt]) == described
+        assert transformers_answers(mllm, images, [s.caption_prompt] * 2) == captioned
+        assert looked_at == [2, 2]  # that way the tower looks at every image once per question
+        # Asked with pixels, each question looks for itself (what restore's on-the-fly priors do).
+        assert mllm.describe(images, hints) == described and mllm.caption(images) == captioned
+    finally:
+        hook.remove()
 
 
 def test_mllm_rejects_bad_inputs_by_position(tiny_cache, images):
@@ -207,7 +247,7 @@ def test_presets_name_the_intended_models():
     for real in (default, quality):
         for component in (real.mllm, real.diffusion, real.clip):
             assert re.fullmatch(r"[0-9a-f]{40}", component.revision), component
-    with pytest.raises(ValueError, match="known presets: offline, tiny, default, quality"):
+    with pytest.raises(ValueError, match="known presets: analysis-only, offline, tiny, default, quality"):
         preset("huge")
 
 
