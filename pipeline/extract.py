@@ -5,14 +5,16 @@
     ray job submit --working-dir . -- python -m pipeline.extract --manifest /shared/M.parquet --out /shared/priors
 
 The Ray Data graph: shard descriptors → the manifest rows of each shard, read by the workers →
-decode/validate (CPU tasks) → weight-free analysis (CPU) → degradation describer (MLLM) → captioner
-(MLLM) → reference synthesizer (diffusion) → embeddings (CLIP and/or a sentence encoder) → parts
-written by the workers (``pipeline.shard_assembly``). The driver reads neither the manifest's rows
-nor any image: it plans from the manifest's row count and the shards already written, receives one
-small status row per sample, and starts a task that assembles each shard once all of its rows are
-in. A preset without an MLLM (``offline``) takes the analysis's sentence as the degradation text
-and has no caption; without a diffusion model there is no reference stage. With no cluster to
-join, ``ray.init`` starts a local one.
+decode/validate (CPU tasks; each LQ image is decoded here once, its pixels carried to every stage
+that looks at it) → weight-free analysis (CPU) → degradation describer and captioner (one MLLM
+actor asks both questions of one look at the image) → reference synthesizer (diffusion) →
+embeddings (CLIP and/or a sentence encoder) → parts written by the workers
+(``pipeline.shard_assembly``). The driver reads neither the manifest's rows nor any image: it
+plans from the manifest's row count and the shards already written, receives one small status row
+per sample, and starts a task that assembles each shard once all of its rows are in. A preset
+without an MLLM (``offline``) takes the analysis's sentence as the degradation text and has no
+caption; without a diffusion model there is no reference stage. With no cluster to join,
+``ray.init`` starts a local one.
 
 Rerunning the same command skips complete shards; ``--retry-failed`` re-processes only the rows
 whose status is error and rewrites their shards with the earlier good samples kept. So Ctrl-C
@@ -137,9 +139,9 @@ def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     steps = [Step("decode", stages.decode_batch, False, {"max_pixels": config.max_pixels}),
              Step("analysis", stages.AnalysisStage, True, {})]
     if models.mllm is not None:
-        steps += [Step("describer", stages.DescriberStage, True, {"settings": models.mllm,
-                                                                   "use_hint": config.analysis_hint}),
-                  Step("captioner", stages.CaptionerStage, True, {"settings": models.mllm})]
+        # The describer's actors caption too: one copy of the MLLM answers both questions.
+        steps.append(Step("describer", stages.MLLMStage, True, {"settings": models.mllm,
+                                                                "use_hint": config.analysis_hint}))
     else:
         steps.append(Step("describer", stages.analysis_text, False, {}))
     if config.reference and models.diffusion is not None:

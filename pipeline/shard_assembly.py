@@ -43,8 +43,10 @@ from pipeline.sample_format import (
 )
 
 PARTS = "_parts"
-STAGE_NAMES = ("decode", "analysis", "describer", "captioner", "reference", "clip")
-MODEL_STAGES = ("describer", "captioner", "reference", "clip")
+STAGE_NAMES = ("decode", "analysis", "describer", "reference", "clip")
+# The models a sample's provenance names: the describer and the captioner are one MLLM stage
+# asked two questions, and each keeps its own entry.
+MODEL_ROLES = ("describer", "captioner", "reference", "clip")
 # The columns a worker hands back to the driver per row: nothing that grows with the image.
 STATUS_COLUMNS = ("key", "shard", stages.ERROR, stages.FAILED_STAGE, *(f"t_{s}" for s in STAGE_NAMES))
 
@@ -54,7 +56,7 @@ def parts_dir(out: Path, shard: int) -> Path:
 
 
 def _provenance(row: dict, config_hash: str) -> dict:
-    models = {stage: json.loads(row[f"prov_{stage}"]) for stage in MODEL_STAGES if row.get(f"prov_{stage}")}
+    models = {stage: json.loads(row[f"prov_{stage}"]) for stage in MODEL_ROLES if row.get(f"prov_{stage}")}
     return {
         "models": models,
         "seeds": {"reference": stages.reference_seed(row["key"]) if row.get("ref_png") else None,

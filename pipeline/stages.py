@@ -1,6 +1,7 @@
 """The Ray Data stages of prior extraction: each takes a batch of rows and adds columns.
 
-Rows carry images as PNG bytes (decoded once, validated, re-encoded losslessly) and an ``error``
+Rows carry images as PNG bytes (decoded once, validated, re-encoded losslessly) for the record,
+the LQ image's pixels from that one decoding for every stage that looks at it, and an ``error``
 column: a stage skips rows that already failed and turns its own failures into ``error`` text
 naming the stage, so one bad sample never fails a block — Ray Data's ``max_errored_blocks`` is 0,
 and a failed block would take every sample in it down. When a model raises on a batch, the batch
@@ -27,6 +28,14 @@ T = TypeVar("T")
 
 # Columns every stage adds to (all rows, failed or not, get a value).
 ERROR, FAILED_STAGE = "error", "failed_stage"
+# The LQ image as the decode stage decoded it, uint8 (H, W, 3). The analysis, the MLLM and CLIP
+# read these pixels instead of each decoding the PNG again (four decodings a row before, 22-30 ms
+# each for a 500x500 PNG on a busy 2-core machine). They take about 1.7x the PNG's bytes
+# (Kodak24, the demo set) in the object store while the row is in flight, a variable-shaped tensor
+# column that Ray Data's backpressure bounds like any other. Never written: the record holds the
+# PNG. A row that failed at decode holds an empty (0, 0, 3) array.
+LQ_PIXELS = "lq_pixels"
+NO_PIXELS = np.zeros((0, 0, 3), np.uint8)
 
 
 def _live(batch: Batch) -> list[int]:
@@ -69,34 +78,38 @@ def _timed(batch: Batch, stage: str, start: float) -> Batch:
     return batch
 
 
+def _fill(batch: Batch, stage: str, column: str, empty: Any, provenance: str,
+          call: Callable[[list[int]], Sequence[Any]], convert: Callable[[Any], Any] = lambda result: result) -> None:
+    """Fill ``column`` (``empty`` where a row failed) from ``call`` on the live rows, and stamp
+    the provenance of ``stage`` (the name a sample's provenance and a failed row give it)."""
+    n = len(batch["key"])
+    batch[column], batch[f"prov_{stage}"] = [empty] * n, [provenance] * n
+    for i, result in _guarded(batch, stage, call).items():
+        batch[column][i] = convert(result)
+
+
 def _model_step(batch: Batch, stage: str, column: str, empty: Any, provenance: str,
                 call: Callable[[Batch, list[int]], Sequence[Any]],
                 convert: Callable[[Any], Any] = lambda result: result) -> Batch:
-    """The body every model stage shares: fill ``column`` (``empty`` where a row failed) from
-    ``call`` on the live rows, stamp the stage's provenance and its time per row."""
+    """The body of a model stage with one output column: ``_fill`` it and time the stage per row."""
     start = time.perf_counter()
     batch = _as_lists(batch)
-    n = len(batch["key"])
-    batch[column], batch[f"prov_{stage}"] = [empty] * n, [provenance] * n
-    for i, result in _guarded(batch, stage, lambda idx: call(batch, idx)).items():
-        batch[column][i] = convert(result)
+    _fill(batch, stage, column, empty, provenance, lambda idx: call(batch, idx), convert)
     return _timed(batch, stage, start)
-
-
-def _pixels(batch: Batch, column: str, i: int) -> np.ndarray:
-    return decode_rgb(batch[column][i], f"{batch['key'][i]}.{column}").pixels
 
 
 def decode_batch(batch: Batch, max_pixels: int) -> Batch:
     """Read LQ (and GT) files, check them against the manifest, re-encode as 8-bit RGB PNG.
 
     Adds ``lq_png``, ``gt_png`` (b"" without GT), ``jpeg`` (the LQ file's bytes when it is a
-    JPEG, for the analysis's quantisation-table reading), ``error`` and ``failed_stage``.
+    JPEG, for the analysis's quantisation-table reading), the LQ pixels (``LQ_PIXELS``), ``error``
+    and ``failed_stage``.
     """
     start = time.perf_counter()
     batch = _as_lists(batch)
     n = len(batch["key"])
-    batch.update({ERROR: [""] * n, FAILED_STAGE: [""] * n, "lq_png": [b""] * n, "gt_png": [b""] * n, "jpeg": [b""] * n})
+    batch.update({ERROR: [""] * n, FAILED_STAGE: [""] * n, "lq_png": [b""] * n, "gt_png": [b""] * n, "jpeg": [b""] * n,
+                  LQ_PIXELS: [NO_PIXELS] * n})
     for i in range(n):
         try:
             images = {}
@@ -123,6 +136,7 @@ def decode_batch(batch: Batch, max_pixels: int) -> Batch:
                 raise ImageError(batch["gt_uri"][i], f"GT shape {images['gt'].shape} differs from LQ shape {lq.shape}")
             batch["lq_png"][i] = encode_png(lq)
             batch["gt_png"][i] = encode_png(images["gt"]) if "gt" in images else b""
+            batch[LQ_PIXELS][i] = lq
         except ImageError as e:
             _fail(batch, i, "decode", str(e))
     return _timed(batch, "decode", start)
@@ -142,15 +156,19 @@ class AnalysisStage:
         n = len(batch["key"])
         batch["analysis"], batch["hint"] = [""] * n, [""] * n
         results = _guarded(batch, "analysis", lambda idx: [
-            self._analyze(_pixels(batch, "lq_png", i), batch["jpeg"][i] or None) for i in idx])
+            self._analyze(batch[LQ_PIXELS][i], batch["jpeg"][i] or None) for i in idx])
         for i, result in results.items():
             batch["analysis"][i] = json.dumps(result.to_dict(), sort_keys=True)
             batch["hint"][i] = result.text
         return _timed(batch, "analysis", start)
 
 
-class DescriberStage:
-    """The multimodal LLM asked what is wrong with the image (optionally shown the analysis's hint)."""
+class MLLMStage:
+    """The multimodal LLM, loaded once per actor and asked two questions about each image: what is
+    wrong with it (the describer, optionally shown the analysis's hint) and what it shows (the
+    captioner). It looks at each image once for both (``MLLM.see``): one copy of the weights, one
+    pass of the vision tower. The two keep their names in a sample's provenance and in a failed
+    row's error; a failure in looking at the image is the describer's, which asks first."""
 
     def __init__(self, settings: Any, use_hint: bool) -> None:
         from pipeline.models.mllm import load_mllm
@@ -160,25 +178,18 @@ class DescriberStage:
         self.provenance = json.dumps(self.model.provenance(), sort_keys=True)
 
     def __call__(self, batch: Batch) -> Batch:
-        def describe(b: Batch, idx: list[int]) -> list[str]:
-            hints = [b["hint"][i] for i in idx] if self.use_hint and "hint" in b else None
-            return self.model.describe([_pixels(b, "lq_png", i) for i in idx], hints)
+        start = time.perf_counter()
+        batch = _as_lists(batch)
+        seen = _guarded(batch, "describer", lambda idx: self.model.see([batch[LQ_PIXELS][i] for i in idx]))
 
-        return _model_step(batch, "describer", "degradation_text", "", self.provenance, describe)
+        def describe(idx: list[int]) -> list[str]:
+            hints = [batch["hint"][i] for i in idx] if self.use_hint and "hint" in batch else None
+            return self.model.describe([seen[i] for i in idx], hints)
 
-
-class CaptionerStage:
-    """The multimodal LLM asked to describe the scene."""
-
-    def __init__(self, settings: Any) -> None:
-        from pipeline.models.mllm import load_mllm
-
-        self.model = load_mllm(settings)
-        self.provenance = json.dumps(self.model.provenance(), sort_keys=True)
-
-    def __call__(self, batch: Batch) -> Batch:
-        return _model_step(batch, "captioner", "caption", "", self.provenance,
-                           lambda b, idx: self.model.caption([_pixels(b, "lq_png", i) for i in idx]))
+        _fill(batch, "describer", "degradation_text", "", self.provenance, describe)
+        _fill(batch, "captioner", "caption", "", self.provenance,
+              lambda idx: self.model.caption([seen[i] for i in idx]))
+        return _timed(batch, "describer", start)
 
 
 def reference_seed(key: str) -> int:
@@ -224,7 +235,7 @@ class EmbedStage:
         self.provenance = json.dumps(self.model.provenance(), sort_keys=True)
 
     def _embed(self, batch: Batch, idx: list[int]) -> list[bytes]:
-        found = self.model.embed([_pixels(batch, "lq_png", i) for i in idx], [batch["caption"][i] for i in idx],
+        found = self.model.embed([batch[LQ_PIXELS][i] for i in idx], [batch["caption"][i] for i in idx],
                                  [batch["degradation_text"][i] for i in idx])
         return [encode_embeddings(e, batch["key"][i]) for e, i in zip(found, idx)]
 

@@ -68,14 +68,17 @@ def override_dataclass(settings: C, changes: Mapping[str, Any], where: str) -> C
 
     Nested dataclass fields take a mapping of their own fields; ``dict`` fields merge a mapping into
     their value; strings are read as the field's type. An unknown field raises ValueError naming
-    ``where`` and the valid fields.
+    ``where`` and the valid fields, and why a field is gone when the dataclass lists it in a
+    ``RETIRED`` class attribute (field name → reason).
     """
     hints = typing.get_type_hints(type(settings))
     names = [f.name for f in dataclasses.fields(settings)]
     unknown = sorted(set(changes) - set(names))
     if unknown:
+        retired = getattr(type(settings), "RETIRED", {})
+        reasons = "".join(f"; {where}.{u}: {retired[u]}" for u in unknown if u in retired)
         raise ValueError(f"unknown setting(s) {', '.join(f'{where}.{u}' for u in unknown)}; "
-                         f"{where} has: {', '.join(names)}")
+                         f"{where} has: {', '.join(names)}{reasons}")
     typed = {}
     for name, value in changes.items():
         current, here = getattr(settings, name), f"{where}.{name}"

@@ -155,8 +155,12 @@ def test_extraction_analysis_stage_fills_rows_and_carries_errors_as_rows(tmp_pat
     Image.fromarray(photo[:128, :128].copy()).save(jpeg, format="JPEG", quality=20)
     batch = _decoded(tmp_path, {"good": encode_png(photo[:128, :128].copy()), "jpeg": jpeg.getvalue(),
                                 "small": encode_png(photo[:10, :10].copy()), "broken": b"not an image"})
-    out = stages.AnalysisStage()(batch)
     good, from_jpeg, small, broken = range(4)
+    # The decode stage hands on the pixels it decoded: the analysis (and the model stages) read
+    # them instead of decoding the PNG again. A row that failed there has none.
+    assert np.array_equal(batch[stages.LQ_PIXELS][good], photo[:128, :128])
+    assert batch[stages.LQ_PIXELS][broken].shape == (0, 0, 3)
+    out = stages.AnalysisStage()(batch)
 
     analysis = json.loads(out["analysis"][good])
     assert len(analysis["vector"]) == len(vocabulary.DEGRADATION_TYPES)

@@ -79,8 +79,20 @@ def test_the_job_runs_the_gpu_config_the_image_holds():
     assert path == REPO / "manifests" / "configs" / "extract_gpu.yaml" and path.is_file()
     config = extract_config.load(str(path))  # as the job's driver reads it: unknown fields fail here
     assert config.preset == "default"
-    assert {s: getattr(config.stages, s).num_gpus for s in ("describer", "captioner", "reference")} == {
-        "describer": 1.0, "captioner": 1.0, "reference": 1.0}
+    assert {s: getattr(config.stages, s).num_gpus for s in ("describer", "reference")} == {
+        "describer": 1.0, "reference": 1.0}
+
+
+def test_a_config_with_a_captioner_stage_is_refused_with_the_fix(tmp_path):
+    # A config written when the captioner had its own actor pool is refused, saying where its GPUs
+    # go now, whether the key comes from a YAML file or from --set.
+    old = tmp_path / "old.yaml"
+    old.write_text("stages:\n  describer: {num_gpus: 1}\n  captioner: {num_gpus: 1}\n")
+    for load in (lambda: extract_config.load(str(old)),
+                 lambda: extract_config.load(sets={"stages.captioner.batch_size": "3"})):
+        with pytest.raises(ValueError, match=r"stages\.captioner: the captioner runs in the describer's actors"
+                                             r".*give its GPUs to stages\.describer"):
+            load()
 
 
 def test_the_actor_pools_fit_the_gpu_workers():
@@ -100,10 +112,9 @@ def test_the_actor_pools_fit_the_gpu_workers():
 
 
 def test_the_recipe_this_replaced_did_not_fit():
-    # Fixed pools of 2 + 2 + 3 + 0.5 GPUs on four one-GPU workers, autoscaling off: the last pools
-    # wait for GPUs forever and the stream stalls.
-    old = Stages(describer=StageResources(num_gpus=1, concurrency=2),
-                 captioner=StageResources(num_gpus=1, concurrency=2),
+    # Fixed pools of 2 + 2 + 3 + 0.5 GPUs (describer and captioner, now one MLLM pool of 4) on four
+    # one-GPU workers, autoscaling off: the last pools wait for GPUs forever and the stream stalls.
+    old = Stages(describer=StageResources(num_gpus=1, concurrency=4),
                  reference=StageResources(num_gpus=1, concurrency=3),
                  clip=StageResources(num_gpus=0.5, concurrency=1))
     assert gpus_needed(old, "min", 1) == 8 > 4

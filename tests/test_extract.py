@@ -28,8 +28,8 @@ from tests.conftest import interruptible
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small batches: several batches per stage, and a failing sample shares a batch with good ones.
-SETS = {"stages.describer.batch_size": "3", "stages.captioner.batch_size": "3", "stages.reference.batch_size": "3",
-        "stages.clip.batch_size": "3", "stages.decode.batch_size": "4", "stages.analysis.batch_size": "4"}
+SETS = {"stages.describer.batch_size": "3", "stages.reference.batch_size": "3", "stages.clip.batch_size": "3",
+        "stages.decode.batch_size": "4", "stages.analysis.batch_size": "4"}
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,8 @@ def test_faults_are_recorded_and_the_job_completes(tmp_path, shared_data, awkwar
     assert s.ref is not None and s.embeddings["caption_tokens"].shape[0] == sf.TOKEN_POSITIONS
     assert s.meta.caption and s.meta.degradation_text and s.meta.analysis["degradations"]
     assert set(s.meta.provenance["models"]) == {"describer", "captioner", "reference", "clip"}
+    # One MLLM asked both questions: the same model, prompts and settings under both names.
+    assert s.meta.provenance["models"]["describer"] == s.meta.provenance["models"]["captioner"]
     assert s.meta.provenance["seeds"]["reference"] is not None
     assert index["embedding_dims"]["W"] == s.embeddings["caption_tokens"].shape[1]
     assert index["config_hash"] and index["format_version"] == sf.FORMAT_VERSION

@@ -1,13 +1,16 @@
 """The multimodal LLM stage: it says what is wrong with an image, and what the image shows.
 
-One loaded image-text-to-text model (Qwen2.5-VL class) serves both questions. Prompts go through
-the processor's own chat template, images through its own image processor, and the text is
-whatever the model generates; nothing is post-edited here.
+One loaded image-text-to-text model (Qwen2.5-VL class) serves both questions, and looks at each
+image once for both: ``see`` runs the processor's image part and the vision tower, and every
+question asked about the image reuses what it saw (transformers' ``mm_encoder_outputs``). Prompts
+go through the processor's own chat template and placeholder expansion, and the text is whatever
+the model generates; nothing is post-edited here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,16 @@ def check_images(images: Sequence[np.ndarray], what: str) -> None:
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             got = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
             raise ValueError(f"{what}: image {i} must be a uint8 (H, W, 3) array, got {got}")
+
+
+@dataclass(frozen=True)
+class SeenImage:
+    """One image as the model sees it, made once by ``MLLM.see`` for every question about it: its
+    patch grid (a row of the image processor's ``image_grid_thw``) and the vision tower's features
+    (one row per image token of the prompt)."""
+
+    grid_thw: torch.Tensor
+    features: torch.Tensor
 
 
 class MLLM:
@@ -57,29 +70,53 @@ class MLLM:
         return size
 
     @torch.inference_mode()
-    def generate(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[str]:
-        """One answer per (image, prompt) pair, generated in one batch."""
+    def see(self, images: Sequence[np.ndarray]) -> list[SeenImage]:
+        """Preprocess the images and run the vision tower over them, once: the part of an answer that
+        depends on the image alone."""
         check_images(images, "MLLM")
-        if len(prompts) != len(images):
-            raise ValueError(f"MLLM: {len(images)} images but {len(prompts)} prompts")
-        s = self.settings
         size = self._size()
-        inputs = self.processor(
-            text=[self._prompt(p) for p in prompts], images=[Image.fromarray(img) for img in images],
-            padding=True, return_tensors="pt", **({"size": size} if size else {}),
+        processed = self.processor.image_processor(
+            [Image.fromarray(img) for img in images], return_tensors="pt", **({"size": size} if size else {}),
         ).to(self.device)
+        grids = processed["image_grid_thw"]
+        vision = self.model.get_image_features(processed["pixel_values"], grids, return_dict=True)
+        return [SeenImage(grid, features) for grid, features in zip(grids, vision.pooler_output)]
+
+    @torch.inference_mode()
+    def generate(self, images: Sequence[np.ndarray] | Sequence[SeenImage], prompts: Sequence[str]) -> list[str]:
+        """One answer per (image, prompt) pair, generated in one batch; images already seen (``see``)
+        are not looked at again."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        seen = list(images) if len(images) and all(isinstance(i, SeenImage) for i in images) else self.see(images)
+        if len(prompts) != len(seen):
+            raise ValueError(f"MLLM: {len(seen)} images but {len(prompts)} prompts")
+        s = self.settings
+        grid = torch.stack([image.grid_thw for image in seen])
+        # What the processor does with text and images, minus the image part (done in `see`): each
+        # image's placeholder grows to one token per feature row, and the token types tell the
+        # model where the image tokens are (Qwen2-VL's 3D rotary positions are read from them).
+        placeholders = [self.processor.replace_image_token({"image_grid_thw": grid}, image_idx=i)
+                        for i in range(len(seen))]
+        texts, _ = self.processor.get_text_with_replacements([self._prompt(p) for p in prompts], placeholders)
+        inputs = self.processor.tokenizer(texts, padding=True, return_tensors="pt")
+        inputs["mm_token_type_ids"] = torch.tensor(self.processor.create_mm_token_type_ids(inputs["input_ids"]))
+        inputs = inputs.to(self.device)
+        vision = BaseModelOutputWithPooling(pooler_output=tuple(image.features for image in seen))
         sampling = {"temperature": s.temperature, "top_p": s.top_p} if s.do_sample else {}
         if s.do_sample:
             # One seed per batch: sampled text then depends on the batch it was drawn in.
             torch.manual_seed(s.seed)
-        out = self.model.generate(**inputs, max_new_tokens=s.max_new_tokens, do_sample=s.do_sample,
-                                  num_beams=s.num_beams, **sampling)
+        out = self.model.generate(**inputs, image_grid_thw=grid, mm_encoder_outputs={"image": vision},
+                                  max_new_tokens=s.max_new_tokens, do_sample=s.do_sample, num_beams=s.num_beams,
+                                  **sampling)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         return [t.strip() for t in texts]
 
-    def describe(self, images: Sequence[np.ndarray], hints: Sequence[str | None] | None = None) -> list[str]:
-        """What is wrong with each image, in the model's words.
+    def describe(self, images: Sequence[np.ndarray] | Sequence[SeenImage],
+                 hints: Sequence[str | None] | None = None) -> list[str]:
+        """What is wrong with each image (pixels, or what ``see`` made of them), in the model's words.
 
         ``hints`` (one per image, None or "" for none) is the weight-free analysis's reading of the
         same image; it is put into the prompt for the model to check, not copied to the answer.
@@ -95,8 +132,8 @@ class MLLM:
             prompts.append(prompt)
         return self.generate(images, prompts)
 
-    def caption(self, images: Sequence[np.ndarray]) -> list[str]:
-        """What each image shows: the scene content, not its quality."""
+    def caption(self, images: Sequence[np.ndarray] | Sequence[SeenImage]) -> list[str]:
+        """What each image (pixels, or what ``see`` made of them) shows: the scene content, not its quality."""
         return self.generate(images, [self.settings.caption_prompt] * len(images))
 
     def provenance(self) -> dict:
