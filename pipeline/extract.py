@@ -299,11 +299,19 @@ def check_paths(manifest_path: str, out_dir: str) -> None:
                                f"--working-dir: give an absolute path on storage every node can read and write")
 
 
+def writer_nodes() -> list[str]:
+    """The live nodes with CPUs, where shards are assembled."""
+    import ray
+
+    return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+
+
 def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_failed: bool = False,
             address: str | None = None, num_cpus: int | None = None, steps: list[Step] | None = None) -> dict:
     """Run the extraction; returns the index written (``index.json``). ``steps`` replace the
     preset's stages (``stage_plan``): benchmarks of the pipeline itself run lighter ones."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     check_paths(manifest_path, out_dir)
     out = Path(out_dir)
@@ -323,7 +331,8 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
     if work:
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus if not address else None, log_to_driver=False)
-        assemble = ray.remote(num_cpus=ASSEMBLY_CPUS, scheduling_strategy="SPREAD")(shard_assembly.assemble)
+        assemble = ray.remote(num_cpus=ASSEMBLY_CPUS)(shard_assembly.assemble)
+        writers = writer_nodes()
         by_shard = {w.shard: w for w in work}
         remaining = {w.shard: w.rows for w in work}
         running: list = []
@@ -340,7 +349,12 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
             remaining[shard] -= 1
             if remaining[shard] == 0:
                 del remaining[shard]
-                running.append(assemble.remote(str(out), shard, config_hash, by_shard[shard].retried))
+                # Shards take turns over the nodes: their writes spread over the cluster's disks and
+                # network, whatever the load (Ray's SPREAD placed them all on one busy node). Soft:
+                # a node that has gone away leaves its turn to another.
+                node = writers[shard % len(writers)]
+                running.append(assemble.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True))
+                               .remote(str(out), shard, config_hash, by_shard[shard].retried))
             ready, running = ray.wait(running, num_returns=len(running), timeout=0) if running else ([], [])
             report(ready)
         report(running)
