@@ -87,8 +87,9 @@ class OnlinePriors:
             guided = guided_text(user.degradation, analysis, types)
         hint = [analysis["text"]] if self.use_hint else None
         if self.mllm is not None:
-            text = guided or self.mllm.describe([pixels], hint)[0]
-            caption = user.caption or self.mllm.caption([pixels])[0]
+            seen = self.mllm.see([pixels])  # one look at the image for both questions, as extraction does
+            text = guided or self.mllm.describe(seen, hint)[0]
+            caption = user.caption or self.mllm.caption(seen)[0]
         else:
             text, caption = guided or analysis["text"], user.caption or ""
         ref = None
