@@ -23,9 +23,11 @@ weights. A synthetic example is a pure function of (seed, rank, logical worker, 
 positions count draws too, so a resumed stream replays both sources exactly.
 
 Augmentation of shard samples: one random crop, horizontal flip and rotation by a multiple of 90° applied alike
-to LQ, GT and the reference. The reference (rendered at the diffusion model's resolution) is
-first *resized to the LQ image's size*, the way tiled inference treats it, then cropped with
-the same window, so a crop sees the matching part of the reference.
+to LQ and GT. The reference (rendered at the diffusion model's resolution) is first *resized to
+the LQ image's size*, as the model does at inference, so its textures have the LQ's scale, then
+cropped with a window of its own, flipped and rotated like the LQ: a render made from a caption
+shows the scene, never the same pixels at the same place, and the restorer's reference branch
+learns to find what it needs anywhere in it.
 
 Per-dataset weights (``StreamConfig.dataset_weights``, PromptIR's "Rain100L ×120") need random
 access, because an extraction's shards mix its datasets: ``index_shards`` reads the tar headers and
@@ -289,7 +291,8 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
 
 def training_example(sample: Sample, crop: int, rng: np.random.Generator, token_width: int,
                      clip_width: int) -> dict[str, np.ndarray]:
-    """One augmented training example: the same crop, flip and rotation for LQ, GT and reference."""
+    """One augmented training example: the same crop, flip and rotation for LQ and GT; the
+    reference, resized to the LQ's size, gets its own crop window and the same flip and rotation."""
     if sample.gt is None:
         raise SampleFormatError(sample.key, GT, "training needs a GT image")
     height, width = sample.lq.shape[:2]
@@ -300,9 +303,14 @@ def training_example(sample: Sample, crop: int, rng: np.random.Generator, token_
     y = int(rng.integers(0, images[0].shape[0] - crop + 1))
     x = int(rng.integers(0, images[0].shape[1] - crop + 1))
     turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+    windows = [(y, x)] * 2
+    if sample.ref is not None:
+        # Drawn after the LQ's draws, so samples without a reference keep their crops.
+        windows.append((int(rng.integers(0, images[2].shape[0] - crop + 1)),
+                        int(rng.integers(0, images[2].shape[1] - crop + 1))))
     out_images = []
-    for img in images:
-        img = np.rot90(img[y:y + crop, x:x + crop], turns)
+    for img, (top, left) in zip(images, windows):
+        img = np.rot90(img[top:top + crop, left:left + crop], turns)
         out_images.append(to_chw(img[:, ::-1] if flip else img))
     example = {"lq": out_images[0], "gt": out_images[1], **prior_arrays(sample, token_width, clip_width)}
     example["reference"] = out_images[2] if sample.ref is not None else np.zeros_like(out_images[0])

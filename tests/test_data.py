@@ -94,19 +94,40 @@ def test_spec_resolves_index_pattern_and_missing_files(tmp_path):
     assert data.peek_dims(source.urls) == {"E": WIDTH, "W": WIDTH}
 
 
-def test_lq_gt_and_reference_get_the_same_crop_flip_and_rotation():
+def window_of(crop: np.ndarray, image: np.ndarray) -> tuple[int, int, int, bool]:
+    """(top, left, quarter turns, flip) with which ``crop`` (3, s, s) was cut out of ``image``."""
+    size = crop.shape[1]
+    for top in range(image.shape[0] - size + 1):
+        for left in range(image.shape[1] - size + 1):
+            for turns in range(4):
+                for flip in (False, True):
+                    window = np.rot90(image[top:top + size, left:left + size], turns)
+                    if np.array_equal(data.to_chw(window[:, ::-1] if flip else window), crop):
+                        return top, left, turns, flip
+    raise AssertionError("the crop is no window of the image")
+
+
+def test_lq_and_gt_share_a_crop_and_the_reference_gets_a_window_of_its_own():
     sample = make_sample("k", 1, size=40)
-    # Make the three images the same picture at different sizes: any mismatch in the window,
-    # flip or rotation then shows as a large difference.
+    # A picture of noise, so every crop tells where it was cut and how it was turned.
+    sample.gt = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     sample.lq = sample.gt.copy()
     sample.ref = sample.gt[::2, ::2].copy()
+    reference = data.resize_rgb(sample.ref, 40, 40)  # the render brought to the LQ's size
+    same_place = 0
     for seed in range(8):
         ex = data.training_example(sample, 24, np.random.default_rng(seed), WIDTH, WIDTH)
         assert ex["lq"].shape == ex["gt"].shape == ex["reference"].shape == (3, 24, 24)
         assert np.array_equal(ex["lq"], ex["gt"])
-        assert np.abs(ex["reference"] - ex["gt"]).mean() < 0.03
+        lq_window, ref_window = window_of(ex["lq"], sample.lq), window_of(ex["reference"], reference)
+        # Flipped and rotated alike (the scene stays the same way up as the input) ...
+        assert lq_window[2:] == ref_window[2:]
+        same_place += lq_window[:2] == ref_window[:2]
         assert ex["present_reference"] and ex["present_caption_tokens"]
         assert ex["caption_mask"].sum() == 3 + 1 % 5
+    # ... but cut elsewhere: a render made from a caption shares no geometry with the input, and
+    # the reference branch must learn to find what it needs anywhere in it.
+    assert same_place <= 2
 
 
 def test_batches_carry_priors_with_presence(tmp_path):

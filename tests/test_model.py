@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
 import pytest
 import torch
 
+from restore import checkpoint
 from restore.model import (
     PRIOR_NAMES,
     Priors,
@@ -19,7 +21,7 @@ from restore.model import (
     restore_tiled,
     tiny,
 )
-from restore.model.prior_blocks import LocalReferenceAttention
+from restore.model.prior_blocks import LocalReferenceAttention, ReferenceTokenizer
 from restore.model.priors import random_priors
 from restore.model.summary import RESTORMER_CONV_GMACS, RESTORMER_PARAMS, format_table, summarize
 
@@ -33,6 +35,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_model(seed: int = 0, **overrides) -> Restorer:
     torch.manual_seed(seed)
     return Restorer(tiny(token_width=TOKEN_WIDTH, clip_width=CLIP_WIDTH, **overrides))
+
+
+def trained_a_little(model: Restorer) -> Restorer:
+    """``model`` after one Adam step on random data with every prior: the output projections that
+    start at zero move off it, so every prior path changes the output, as in a trained model."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    lq = torch.rand(2, 3, 24, 24)
+    (model(lq, priors_for(model, 2)) - lq).abs().mean().backward()
+    optimizer.step()
+    return model.eval()
 
 
 def priors_for(model: Restorer, batch: int, size=(40, 52), seed: int = 1) -> Priors:
@@ -78,9 +90,19 @@ def test_gradients_reach_every_parameter_of_every_prior_path():
     # Sample 0 carries every prior, sample 1 none: the null tokens and image are used as well.
     priors = priors.with_present(**{name: torch.tensor([True, False]) for name in PRIOR_NAMES})
     lq, target = torch.rand(2, 3, 24, 32), torch.rand(2, 3, 24, 32)
-    (model(lq, priors) - target).abs().mean().backward()
-    without_gradient = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert without_gradient == []
+
+    def without_gradient() -> list[str]:
+        model.zero_grad()
+        (model(lq, priors) - target).abs().mean().backward()
+        return [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+
+    # At initialisation the reference blocks' output projections are zero: they get a gradient,
+    # and pass none on to the rest of the branch yet.
+    silent = without_gradient()
+    assert silent and all(name.startswith(("reference_encoder.", "reference_blocks.")) for name in silent)
+    assert not any(".to_out." in name for name in silent)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert without_gradient() == []
     for component in ("prompt_encoder", "degradation_blocks", "caption_encoder", "content_blocks",
                       "reference_encoder", "reference_blocks"):
         assert any(name.startswith(component) for name, _ in model.named_parameters())
@@ -98,7 +120,7 @@ def test_same_seed_same_model_and_output():
 
 
 def test_every_subset_of_priors_runs():
-    model = tiny_model().eval()
+    model = trained_a_little(tiny_model())
     lq = torch.rand(1, 3, 16, 24)
     full = priors_for(model, 1)
     outputs = []
@@ -111,12 +133,13 @@ def test_every_subset_of_priors_runs():
     assert len(outputs) == 2 ** len(PRIOR_NAMES)
     # Each subset is a different input to the model: no two outputs coincide.
     flat = torch.stack([o.flatten() for o in outputs])
-    distances = torch.cdist(flat, flat) + torch.eye(len(outputs))
+    # (cdist's matrix-product shortcut rounds distances this small to zero)
+    distances = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist") + torch.eye(len(outputs))
     assert distances.min() > 0
 
 
 def test_absent_sample_gets_the_same_null_as_an_absent_field():
-    model = tiny_model().eval()
+    model = trained_a_little(tiny_model())
     lq = torch.rand(2, 3, 24, 24)
     priors = priors_for(model, 2)
     mixed = priors.with_present(**{name: torch.tensor([True, False]) for name in PRIOR_NAMES})
@@ -129,7 +152,7 @@ def test_absent_sample_gets_the_same_null_as_an_absent_field():
 
 
 def test_all_samples_absent_equals_no_priors_and_the_graph_has_no_break():
-    model = tiny_model().eval()
+    model = trained_a_little(tiny_model())
     lq = torch.rand(2, 3, 24, 24)
     none = priors_for(model, 2).with_present(**{name: torch.zeros(2, dtype=torch.bool) for name in PRIOR_NAMES})
     with torch.no_grad():
@@ -272,3 +295,79 @@ def test_local_reference_attention_sees_exactly_its_neighbourhood(window, margin
     weights = (q @ k.transpose(-1, -2) / 2 ** 0.5).softmax(dim=-1)
     expected = attention.to_out((weights @ v).transpose(-1, -2).reshape(2, 4, 6, 7))
     torch.testing.assert_close(attention(x, ref), expected, atol=1e-5, rtol=0)
+
+
+def test_the_reference_branch_starts_as_the_backbone_with_or_without_a_reference():
+    # The same seed builds the same backbone (the prior paths come after it), and the reference
+    # blocks' output projections start at zero: an absent or useless reference cannot hurt a
+    # model before it has learned how to use one.
+    backbone = tiny_model(use_degradation=False, use_content=False, use_reference=False).eval()
+    with_reference = tiny_model(use_degradation=False, use_content=False).eval()
+    lq = torch.rand(2, 3, 30, 42)
+    priors = only(priors_for(with_reference, 2, size=(64, 64)), ["reference"])
+    with torch.no_grad():
+        expected = backbone(lq)
+        torch.testing.assert_close(with_reference(lq, priors), expected, atol=0, rtol=0)
+        torch.testing.assert_close(with_reference(lq), expected, atol=0, rtol=0)
+        half = priors.with_present(reference=torch.tensor([True, False]))
+        torch.testing.assert_close(with_reference(lq, half), expected, atol=0, rtol=0)
+        # With every prior path on, adding the reference changes nothing either.
+        full = tiny_model().eval()
+        everything = priors_for(full, 2)
+        torch.testing.assert_close(full(lq, everything), full(lq, dataclasses.replace(everything, reference=None)),
+                                   atol=0, rtol=0)
+
+
+def test_a_reference_of_any_size_becomes_a_fixed_set_of_tokens():
+    tokenizer = ReferenceTokenizer(channels=(8, 8, 16), grid=8)
+    for lq_size in ((9, 13), (37, 45), (64, 64)):
+        priors = Priors(reference=torch.rand(2, 3, 61, 45))
+        tokens, mask = tokenizer(priors, lq_size, 2)
+        assert tokens.shape == (2, 1 + 64, 16) and mask.shape == (2, 1 + 64) and mask.all()
+    tokens, mask = tokenizer(Priors(), (16, 16), 3)
+    assert tokens.shape == (3, 1, 16) and mask.all()
+    absent = Priors(reference=torch.rand(2, 3, 16, 16), present={"reference": torch.tensor([False, True])})
+    _, mask = tokenizer(absent, (16, 16), 2)
+    assert mask[0].tolist() == [True] + [False] * 64 and mask[1].all()
+
+
+@pytest.mark.parametrize("attention", ["pooled", "windowed"])
+def test_both_reference_branches_take_odd_sizes(attention):
+    model = trained_a_little(tiny_model(reference_attention=attention))
+    for lq_size, ref_size in (((9, 13), (61, 45)), ((37, 45), (5, 7)), ((33, 17), (33, 17))):
+        lq = torch.rand(1, 3, *lq_size)
+        with torch.no_grad():
+            out = model(lq, priors_for(model, 1, size=ref_size))
+        assert out.shape == lq.shape and torch.isfinite(out).all()
+
+
+def test_reference_positions_are_not_weight_decayed():
+    model = tiny_model()
+    assert {"reference_encoder.position", "reference_encoder.null"} <= model.no_weight_decay()
+
+
+def test_config_files_from_before_the_pooled_branch_load_as_windowed(tmp_path):
+    model = trained_a_little(tiny_model(reference_attention="windowed"))
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    raw = json.loads(config_path.read_text())
+    # What save_pretrained wrote before reference_attention and reference_grid existed.
+    config_path.write_text(json.dumps({k: v for k, v in raw.items() if k not in ("reference_attention",
+                                                                                 "reference_grid")}))
+    loaded = Restorer.from_pretrained(tmp_path).eval()
+    assert loaded.config.reference_attention == "windowed"
+    lq, priors = torch.rand(1, 3, 20, 28), priors_for(model, 1)
+    with torch.no_grad():
+        assert torch.equal(model(lq, priors), loaded(lq, priors))
+    with pytest.raises(ValueError, match="reference_attention 'nearby' is not one of pooled, windowed"):
+        tiny(reference_attention="nearby")
+
+
+@pytest.mark.skipif(not (checkpoint.SHIPPED / "model.safetensors").is_file(), reason="no shipped checkpoint")
+def test_the_shipped_checkpoint_loads_and_restores():
+    # It was written before reference_attention existed, with the reference path off.
+    model = Restorer.from_pretrained(checkpoint.SHIPPED).eval()
+    assert not model.config.use_reference and not hasattr(model, "reference_blocks")
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 21, 30), Priors(reference=torch.rand(1, 3, 32, 32)))
+    assert out.shape == (1, 3, 21, 30) and torch.isfinite(out).all()

@@ -17,6 +17,10 @@ from typing import Any
 from pipeline.vocabulary import DEGRADATION_TYPES
 
 LEVELS = 4
+REFERENCE_ATTENTIONS = ("pooled", "windowed")
+# Fields added after config.json files were first written, with the value that rebuilds the model
+# such a file describes: before reference_attention there was only the windowed branch.
+ADDED_FIELDS = {"reference_attention": "windowed", "reference_grid": 8}
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,17 @@ class RestorerConfig:
     # Caption tokens are projected once to this width, then per block to the level's width.
     caption_dim: int = 256
 
-    # Reference pyramid channels at decoder levels 1, 2, 3; local attention window and the margin
-    # of extra reference pixels around it that absorbs misalignment (in that level's pixels).
+    # How decoder levels 1, 2, 3 read the reference (REFERENCE_ATTENTIONS). "pooled": a conv stem
+    # (reference_channels wide at full, 1/2 and 1/4 resolution) pooled to reference_grid² tokens
+    # with learned positions, to which each level cross-attends with reference_channels[level]
+    # wide heads: a detail is found wherever it lies, as in a render made from a caption.
+    # "windowed", the first branch: a pyramid of reference_channels features attended within
+    # windows of reference_window pixels plus a margin of reference_margin (in that level's
+    # pixels), which finds only what lies near the same place; kept for checkpoints trained with
+    # it and for the comparison in bench/reference_branch.py.
+    reference_attention: str = "pooled"
     reference_channels: tuple[int, ...] = (24, 48, 96)
+    reference_grid: int = 8
     reference_window: int = 8
     reference_margin: int = 4
 
@@ -81,6 +93,11 @@ class RestorerConfig:
             problems.append(f"prior_dropout {self.prior_dropout} outside [0, 1)")
         if self.reference_window < 1 or self.reference_margin < 0:
             problems.append("reference_window must be >= 1 and reference_margin >= 0")
+        if self.reference_attention not in REFERENCE_ATTENTIONS:
+            problems.append(f"reference_attention {self.reference_attention!r} is not one of "
+                            f"{', '.join(REFERENCE_ATTENTIONS)}")
+        if self.reference_grid < 1:
+            problems.append(f"reference_grid must be >= 1, got {self.reference_grid}")
         if problems:
             raise ValueError("invalid RestorerConfig: " + "; ".join(problems))
 
@@ -97,7 +114,9 @@ class RestorerConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> RestorerConfig:
-        """Inverse of to_dict; unknown or missing fields are errors naming ``source``."""
+        """Inverse of to_dict; unknown or missing fields are errors naming ``source`` (fields of
+        ADDED_FIELDS that an older file lacks take the value it was written with)."""
+        raw = {**{k: v for k, v in ADDED_FIELDS.items() if k not in raw}, **raw}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - set(fields))
         if unknown:

@@ -4,11 +4,16 @@
   tokens, then the pooled prompt scales and shifts every channel, steering *what* to remove.
 - ContentAwareBlock (low-resolution levels): features cross-attend to the caption's token
   embeddings, so semantics survive heavy degradation.
-- ReferenceBlock (decoder levels): the diffusion-made reference, encoded by ReferenceEncoder's
-  light conv pyramid, supplies *fine detail* through local reference attention (windowed, with a
-  margin of extra reference pixels so a misaligned reference still matches) and global reference
-  attention (channel-wise transposed cross-attention, linear in pixels), mixed in by a gate
-  computed from the features, so an unhelpful reference can be shut out.
+- ReferenceTokenBlock (decoder levels): the diffusion-made reference, which shares no geometry
+  with the input (it is rendered from a caption), is turned by ReferenceTokenizer into a fixed
+  set of tokens (a light conv stem, average-pooled to a grid, learned positions), and every
+  pixel cross-attends to all of them, so a detail is found wherever the reference holds it. The
+  output projection starts at zero, so at initialisation the block is the identity: an absent
+  or useless reference cannot hurt before training has shown how to use it.
+- ReferenceBlock (decoder levels, ``reference_attention="windowed"``), the first branch: a conv
+  pyramid of the reference attended within windows around the same position (plus a margin)
+  and across channels, mixed in by a gate. It can only use a reference aligned with the input;
+  checkpoints trained with it keep loading.
 """
 
 from __future__ import annotations
@@ -77,6 +82,89 @@ class ContentAwareBlock(nn.Module):
     def forward(self, x: Tensor, caption: tuple[Tensor, Tensor]) -> Tensor:
         tokens, mask = caption
         return self.cross(x, tokens, mask)
+
+
+class ReferenceTokenizer(nn.Module):
+    """Reference image → (B, 1 + grid², C) tokens and their (B, 1 + grid²) mask, C = channels[-1].
+
+    Token 0 is a learned null token that every sample may attend to: the only one for a sample
+    without a reference, and for one with a reference a place for its pixels to put their
+    attention when nothing in the reference matches them. The others are the reference's conv
+    features at 1/4 resolution, average-pooled to a grid × grid set of cells whatever its size,
+    each with a learned position, so their number (and the attention's cost per pixel) is fixed.
+    """
+
+    def __init__(self, channels: tuple[int, ...], grid: int):
+        super().__init__()
+        c0, c1, c2 = channels
+        self.grid = grid
+        self.stem = nn.Sequential(nn.Conv2d(3, c0, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(c0, c1, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(c1, c1, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(c2, c2, 3, padding=1))
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.position = nn.Parameter(torch.randn(grid * grid, c2) * 0.02)
+        self.norm = nn.LayerNorm(c2)
+        self.null = nn.Parameter(torch.randn(1, c2) * 0.02)
+
+    def forward(self, priors: Priors, size: tuple[int, int], batch: int) -> tuple[Tensor, Tensor]:
+        device = self.null.device
+        null = self.null.expand(batch, 1, -1)
+        ref = priors.reference
+        if ref is None:
+            return null, torch.ones(batch, 1, dtype=torch.bool, device=device)
+        if ref.ndim != 4 or ref.shape[:2] != (batch, 3):
+            raise ValueError(f"Priors.reference has shape {tuple(ref.shape)}, the model expects ({batch}, 3, H, W)")
+        present = priors.presence("reference", batch, device)
+        # At the LQ's size the stem sees the reference's textures at the LQ's scale, as in
+        # training (restore.data crops it from the reference resized to the LQ's size).
+        features = self.pool(self.stem(resize_reference(ref, size).to(null.dtype)))
+        tokens = self.norm(features.flatten(2).transpose(1, 2) + self.position)
+        # Presence is a mask, never a branch on its values: an absent sample attends to the
+        # null token alone, exactly as in a batch without the field.
+        mask = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=device),
+                          present[:, None].expand(-1, self.grid * self.grid)], dim=1)
+        return torch.cat([null, tokens], dim=1), mask
+
+
+class ReferenceTokenBlock(nn.Module):
+    """Multi-head cross-attention from every pixel to the reference tokens, added through a gate.
+
+    Queries come from the features, keys and values from the tokens, ``inner`` channels wide.
+    The output projection starts at zero, so the block starts as the identity whatever the
+    reference holds; the gate's weights start at zero too, which makes it a uniform ½ that
+    training turns into a per-pixel, per-channel choice of how much reference to take (a gate
+    that started shut would, with the projection at zero, give neither a gradient).
+    """
+
+    def __init__(self, dim: int, token_dim: int, inner: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner)
+        self.to_kv = nn.Linear(token_dim, inner * 2)
+        self.to_out = nn.Linear(inner, dim)
+        self.gate = nn.Linear(dim + inner, dim)
+        for layer in (self.to_out, self.gate):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, reference: tuple[Tensor, Tensor]) -> Tensor:
+        tokens, mask = reference
+        b, c, h, w = x.shape
+        pixels = self.norm(x.flatten(2).transpose(1, 2))
+        q = self.to_q(pixels).reshape(b, h * w, self.heads, -1).transpose(1, 2)
+        k, v = (t.reshape(b, tokens.shape[1], self.heads, -1).transpose(1, 2)
+                for t in self.to_kv(tokens).chunk(2, dim=-1))
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        attended = attended.transpose(1, 2).reshape(b, h * w, -1)
+        gate = torch.sigmoid(self.gate(torch.cat([pixels, attended], dim=-1)))
+        return x + (gate * self.to_out(attended)).transpose(1, 2).reshape(b, c, h, w)
+
+    def attention_macs(self, x: Tensor, reference: tuple[Tensor, Tensor]) -> int:
+        b, _, h, w = x.shape
+        return 2 * b * h * w * reference[0].shape[1] * self.to_q.out_features
 
 
 class ReferenceEncoder(nn.Module):

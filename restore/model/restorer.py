@@ -37,6 +37,8 @@ from restore.model.prior_blocks import (
     DegradationAwareBlock,
     ReferenceBlock,
     ReferenceEncoder,
+    ReferenceTokenBlock,
+    ReferenceTokenizer,
 )
 from restore.model.priors import Priors
 from restore.model.prompt_encoder import PromptEncoder
@@ -51,7 +53,7 @@ DEGRADATION_LEVELS = ("encoder1", "encoder2", "encoder3", "latent")
 CONTENT_LEVELS = ("encoder3", "latent", "decoder3")
 REFERENCE_LEVELS = ("decoder1", "decoder2", "decoder3")  # index = reference pyramid level
 # Parameter names (the last part) that Restorer.no_weight_decay lists.
-NO_WEIGHT_DECAY = ("null", "queries", "source", "temperature")
+NO_WEIGHT_DECAY = ("null", "queries", "source", "temperature", "position")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class EncodedPriors:
 
     prompts: Tensor | None
     caption: tuple[Tensor, Tensor] | None
-    reference: list[Tensor] | None
+    reference: list[Tensor] | list[tuple[Tensor, Tensor]] | None  # what each REFERENCE_LEVELS block reads
 
 
 class Restorer(nn.Module):
@@ -106,7 +108,12 @@ class Restorer(nn.Module):
             self.caption_encoder = CaptionEncoder(c)
             self.content_blocks = nn.ModuleDict(
                 {n: ContentAwareBlock(widths[n], c.caption_dim, level_heads[n]) for n in CONTENT_LEVELS})
-        if c.use_reference:
+        if c.use_reference and c.reference_attention == "pooled":
+            self.reference_encoder = ReferenceTokenizer(c.reference_channels, c.reference_grid)
+            self.reference_blocks = nn.ModuleDict(
+                {n: ReferenceTokenBlock(widths[n], c.reference_channels[-1], c.reference_channels[i], level_heads[n])
+                 for i, n in enumerate(REFERENCE_LEVELS)})
+        elif c.use_reference:
             self.reference_encoder = ReferenceEncoder(c.reference_channels)
             self.reference_blocks = nn.ModuleDict(
                 {n: ReferenceBlock(widths[n], c.reference_channels[i], level_heads[n], c.reference_window,
@@ -137,12 +144,16 @@ class Restorer(nn.Module):
         return out[:, :, :h, :w]
 
     def encode_priors(self, priors: Priors, batch: int, size: tuple[int, int]) -> EncodedPriors:
-        """Run the prompt encoder, caption projection and reference pyramid (those switched on)."""
+        """Run the prompt encoder, caption projection and reference tokens or pyramid (those
+        switched on)."""
         c = self.config
         prompts = self.prompt_encoder(priors, batch) if c.use_degradation else None
         caption = self.caption_encoder(priors, batch) if c.use_content else None
         reference = None
-        if c.use_reference:
+        if c.use_reference and c.reference_attention == "pooled":
+            # Every level reads the same tokens, through its own projections.
+            reference = [self.reference_encoder(priors, size, batch)] * len(REFERENCE_LEVELS)
+        elif c.use_reference:
             image = pad_to_multiple(self.reference_encoder.image(priors, size, batch), SIZE_MULTIPLE)
             reference = self.reference_encoder(image)
         return EncodedPriors(prompts, caption, reference)
@@ -157,10 +168,11 @@ class Restorer(nn.Module):
         return x
 
     def no_weight_decay(self) -> set[str]:
-        """Names of the learned tokens (null stand-ins, prompt queries, source tags) and attention
-        temperatures, which an optimizer should not weight-decay: decay pulls a null token towards
-        "nothing" and a temperature towards a flat softmax, and regularises neither (norms and
-        biases, the other vectors, stay out of decay by their dimension)."""
+        """Names of the learned tokens (null stand-ins, prompt queries, source tags, reference
+        positions) and attention temperatures, which an optimizer should not weight-decay: decay
+        pulls a null token towards "nothing", a position towards no position and a temperature
+        towards a flat softmax, and regularises none of them (norms and biases, the other
+        vectors, stay out of decay by their dimension)."""
         return {name for name, _ in self.named_parameters() if name.rsplit(".", 1)[-1] in NO_WEIGHT_DECAY}
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

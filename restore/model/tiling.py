@@ -3,7 +3,9 @@
 Each tile is restored on its own and the tiles are blended with weights that ramp down over the
 overlap, so seams do not show. Global priors (tokens, CLIP embedding, degradation vector) apply
 to every tile unchanged; the reference is resized to the whole image once and cropped like the
-LQ image, so each tile sees the matching part of it.
+LQ image, so each tile gets a tile-sized window of it at the LQ's scale, as in training (the
+pooled reference branch finds a detail anywhere in that window; the windowed one needs it at
+the same place).
 
 ``choose_tile`` is the rule inference follows when no tile size is given: the whole image in one
 pass while it fits WHOLE_IMAGE_PIXELS, tiles of TILE beyond that.
