@@ -24,7 +24,6 @@ loses only the shards in progress: the program says how many are complete and ex
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ import pyarrow.parquet as pq
 
 from pipeline import cli, extract_config, manifest, shard_assembly, shards, stages, typed_config
 from pipeline.extract_config import ExtractConfig, StageResources
+from pipeline.image_files import sha256_file
 from pipeline.shard_assembly import STAGE_NAMES
 
 # Assembling a shard only copies bytes from its parts into its tar.
@@ -205,15 +205,6 @@ class Totals:
             self.ok += 1
 
 
-def file_sha256(path: str) -> str:
-    """sha256 of a file read in chunks: a manifest of millions of rows is never held whole."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_commits(config: ExtractConfig) -> dict[str, str]:
     """The commit each model of the run will load (``sources.preset_commits``), resolved before any
     work: they are part of the output hash, so a model that is neither pinned nor cached — whose
@@ -318,7 +309,7 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
     num_rows = manifest.count_rows(manifest_path)
     _check_installed(config)
     commits = model_commits(config)
-    config_hash = config.output_hash(file_sha256(manifest_path), commits)
+    config_hash = config.output_hash(sha256_file(manifest_path), commits)
     _check_config(out, config, config_hash, manifest_path, commits)
     work, shard_count = plan_work(num_rows, out, config.samples_per_shard, retry_failed)
     todo_rows = sum(w.rows for w in work)
