@@ -210,7 +210,7 @@ class SkipCounter:
         self.count += 1
         self.in_a_row += 1
         if self.limit is not None and self.in_a_row > self.limit:
-            raise RuntimeError(f"{self.where}: {self.limit} bad records or shards in a row, the data is "
+            raise ValueError(f"{self.where}: {self.limit} bad records or shards in a row, the data is "
                                f"unusable; last error: {_short(error)}") from error
         now = time.monotonic()
         if self.count <= SKIP_LOG_FIRST:

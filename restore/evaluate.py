@@ -223,7 +223,7 @@ def _restore(model: Restorer, sample: Sample, device: torch.device, tile: int) -
 
 def _cropped(sample: Sample, base: int) -> Sample:
     """``sample`` with LQ and GT cropped to multiples of ``base`` (itself when they already are).
-    The reference is brought to the LQ's size and cropped alike, so it stays aligned."""
+    The reference is brought to the LQ's size, as inference does, and cropped alike."""
     h, w = sample.lq.shape[:2]
     if h % base == 0 and w % base == 0:
         return sample

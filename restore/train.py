@@ -266,7 +266,7 @@ def prior_widths(source: data.ShardSource, online: OnlinePriors | None) -> dict[
         widths["token_width"] = dims["W"]
     if "E" in dims:
         widths["clip_width"] = dims["E"]
-    if online is not None and online.embedder is not None and online.embedder.active:
+    if online is not None and online.embedder.active:
         width = online.embedder.token_dim
         if widths.setdefault("token_width", width) != width:
             raise ValueError(f"shard text tokens are {widths['token_width']} wide, the synthesis preset "

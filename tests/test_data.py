@@ -173,7 +173,7 @@ def test_data_that_is_all_bad_stops_with_a_reason(tmp_path):
     broken = tmp_path / "broken.tar"
     broken.write_bytes(b"this is not a tar file" * 10)
     loader = data.train_loader(stream_config((str(broken),)), 0, 1, 0, (data.Position(),))
-    with pytest.raises(RuntimeError, match="bad records or shards in a row"):
+    with pytest.raises(ValueError, match="bad records or shards in a row"):
         take(loader, 1)
 
 

@@ -267,3 +267,16 @@ def test_a_step_reads_nothing_back_from_the_device_between_log_intervals(shard_i
     config = config_for(shard_index, tmp_path / "run", steps=5, log_every=5, val_every=5, save_every=5)
     train.fit(config, on_step=lambda step, logs: per_step.append(len(reads)))
     assert per_step[:4] == [per_step[0]] * 4 and per_step[4] > per_step[3]  # only the logging step reads
+
+
+def test_data_that_is_all_bad_ends_training_with_one_error_line_naming_it(tmp_path, capsys):
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"this is not a tar file" * 20)
+    sets = dict(model="tiny", workers=1, crop=32, batch_size=2, steps=3, threads=1, samples_per_epoch=10)
+    status = train.main(["--shards", str(broken), "--out", str(tmp_path / "run"),
+                         *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))])
+    err = capsys.readouterr().err
+    # The worker's error reaches the user as its own message, not torch's re-raise with a traceback.
+    assert status == 2
+    assert f"error: rank 0 worker 0: {data.BARREN_LIMIT} bad records or shards in a row" in err
+    assert str(broken) in err.splitlines()[-1] and "Traceback" not in err
