@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from pipeline import cli, extract_config, manifest, shard_assembly, shards, stages, typed_config
 from pipeline.extract_config import ExtractConfig, StageResources
 from pipeline.image_files import sha256_file
+from pipeline.models import mllm_vllm
 from pipeline.shard_assembly import STAGE_NAMES
 
 # Assembling a shard only copies bytes from its parts into its tar.
@@ -125,12 +126,15 @@ def read_shard_rows(batch: dict[str, Any], manifest_path: str) -> pa.Table:
 @dataclass(frozen=True)
 class Step:
     """One stage of extraction: its name in ``config.stages``, the function or actor class of
-    ``pipeline.stages`` that runs it, and the arguments it is built or called with."""
+    ``pipeline.stages`` that runs it, and the arguments it is built or called with. A stage that
+    builds its own part of the graph (Ray Data LLM's processor) is ``on_dataset``: called with the
+    dataset and its resources, it returns the dataset with its columns added."""
 
     name: str
     fn: Any
     actor: bool
     kwargs: dict
+    on_dataset: bool = False
 
 
 def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
@@ -138,7 +142,10 @@ def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     the analysis's sentence is the degradation text; no diffusion: no reference)."""
     steps = [Step("decode", stages.decode_batch, False, {"max_pixels": config.max_pixels}),
              Step("analysis", stages.AnalysisStage, True, {})]
-    if models.mllm is not None:
+    if models.mllm is not None and models.mllm.engine == mllm_vllm.ENGINE:
+        steps.append(Step("describer", mllm_vllm.add_stage, False, {"settings": models.mllm,
+                                                                    "use_hint": config.analysis_hint}, True))
+    elif models.mllm is not None:
         # The describer's actors caption too: one copy of the MLLM answers both questions.
         steps.append(Step("describer", stages.MLLMStage, True, {"settings": models.mllm,
                                                                 "use_hint": config.analysis_hint}))
@@ -180,7 +187,11 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
         return ds.map_batches(fn, fn_kwargs=kwargs, **options)
 
     for step in steps:
-        ds = run(ds, step.fn, getattr(config.stages, step.name), step.actor, **step.kwargs)
+        resources = getattr(config.stages, step.name)
+        if step.on_dataset:
+            ds = step.fn(ds, resources=resources, **step.kwargs)
+        else:
+            ds = run(ds, step.fn, resources, step.actor, **step.kwargs)
     # The parts are written where the rows are; only status rows go on to the driver.
     return ds.map_batches(shard_assembly.write_parts, fn_kwargs={"out": str(out), "config_hash": config_hash},
                           batch_size=config.stages.decode.batch_size, batch_format="numpy",
@@ -253,9 +264,13 @@ def _check_config(out: Path, config: ExtractConfig, config_hash: str, manifest_p
 
 
 def _check_installed(config: ExtractConfig) -> None:
-    """Fail in the driver, with the fix, when the sentence encoder's package is missing: inside a
-    Ray actor the same error would surface as a failed actor pool."""
-    text = config.resolved_models().text
+    """Fail in the driver, with the fix, when the sentence encoder's package or vLLM is missing:
+    inside a Ray actor the same error would surface as a failed actor pool."""
+    models = config.resolved_models()
+    if models.mllm is not None and models.mllm.engine == mllm_vllm.ENGINE and not mllm_vllm.installed():
+        raise ExtractError(f"models.mllm.engine is {mllm_vllm.ENGINE}, and vllm is not installed here: "
+                           f"pip install 'ray[llm]' (or set models.mllm.engine=transformers)")
+    text = models.text
     if text is None:
         return
     from pipeline.models.text_encoder import resolve_folder

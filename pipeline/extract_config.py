@@ -34,6 +34,9 @@ from pipeline.image_files import MAX_PIXELS
 from pipeline.models import presets
 from pipeline.sample_format import FORMAT_VERSION
 
+# Where the MLLM runs (pipeline.models.presets.MLLMSettings.engine).
+MLLM_ENGINES = ("transformers", "vllm")
+
 
 @dataclass(frozen=True)
 class StageResources:
@@ -115,7 +118,13 @@ class ExtractConfig:
 def load(path: str | None = None, sets: Mapping[str, str] | None = None, **fields: Any) -> ExtractConfig:
     """Defaults, then the YAML file at ``path``, then keyword fields, then dotted ``sets``."""
     config = typed_config.load(ExtractConfig(), path, sets, **fields)
-    config.resolved_models()  # an unknown preset or model field fails here, before any work
+    models = config.resolved_models()  # an unknown preset or model field fails here, before any work
+    if models.mllm is not None:
+        if models.mllm.engine not in MLLM_ENGINES:
+            raise ValueError(f"models.mllm.engine={models.mllm.engine!r}; choose one of {', '.join(MLLM_ENGINES)}")
+        if models.mllm.engine == "vllm" and models.mllm.num_beams != 1:
+            raise ValueError(f"models.mllm.num_beams={models.mllm.num_beams}: beam search is not available with "
+                             "models.mllm.engine=vllm; use num_beams: 1 or engine: transformers")
     for stage in dataclasses.fields(config.stages):
         res = getattr(config.stages, stage.name)
         if res.concurrency < 1 or (res.max_concurrency is not None and res.max_concurrency < res.concurrency):

@@ -64,6 +64,9 @@ class MLLMSettings:
 
     model: str
     revision: str | None = None
+    # "transformers": the model runs in the describer stage's actors (stages.MLLMStage);
+    # "vllm": in vLLM engines through Ray Data LLM (pipeline.models.mllm_vllm), when installed.
+    engine: str = "transformers"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
     max_new_tokens: int = 96
