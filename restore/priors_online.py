@@ -15,10 +15,12 @@ at all: no tokens either.
 
 A user's words say *what* is wrong; how much is still measured. Guided restoration reads the
 words followed by the analysis's sentence for the types they name (``guided_text``: "remove the
-rain; heavy rain streaks"), or for the types the analysis found when the words name none it
-knows; the named types also set the degradation vector. The measured part keeps wordings the
-restorer never saw from taking away what it knows about strength (σ, JPEG quality), which user
-words rarely state.
+rain; heavy rain streaks"); the named types also set the degradation vector. The measured part
+keeps wordings the restorer never saw from taking away what it knows about strength (σ, JPEG
+quality), which user words rarely state. Words that name no type the vocabulary knows
+(``named_types`` empty) are not given to the restorer: it was only ever trained on words that
+name their types, and reading others cost up to 4.3 dB (bench/results/peers, snow); it restores
+from the analysis alone, and ``restore.infer`` says so.
 """
 
 from __future__ import annotations
@@ -80,10 +82,9 @@ class OnlinePriors:
         """A Sample with the priors of ``pixels`` (uint8 RGB); ``key`` seeds the reference."""
         analysis = analyze(pixels, jpeg_bytes).to_dict()
         guided = ""
-        if user.degradation:
-            types = list(user.types) or vocabulary.text_to_types(user.degradation)
-            if types:
-                analysis["vector"] = vocabulary.one_hot(types)
+        types = named_types(user)
+        if types:
+            analysis["vector"] = vocabulary.one_hot(types)
             guided = guided_text(user.degradation, analysis, types)
         hint = [analysis["text"]] if self.use_hint else None
         if self.mllm is not None:
@@ -106,10 +107,17 @@ class OnlinePriors:
         return Sample(meta=meta, lq=pixels, gt=gt, ref=ref, embeddings=embeddings)
 
 
+def named_types(user: UserPriors) -> list[str]:
+    """The degradation types a user's words ask for: given (training's instructions), or named in
+    the words (``vocabulary.text_to_types``); empty without words or when they name none."""
+    if not user.degradation:
+        return []
+    return list(user.types) or vocabulary.text_to_types(user.degradation)
+
+
 def guided_text(words: str, analysis: dict, types: list[str]) -> str:
-    """A user's words, then the measured sentence of the types they name (of the analysis's own
-    findings when they name none)."""
-    return f"{words.strip()}; {describe_types(analysis, types) if types else analysis['text']}"
+    """A user's words, then the measured sentence of the types they name."""
+    return f"{words.strip()}; {describe_types(analysis, types)}"
 
 
 def load_or_analysis_only(preset: str) -> OnlinePriors:

@@ -114,6 +114,20 @@ def test_without_checkpoint_the_shipped_one_is_used_with_its_prior_preset_and_th
     assert out.strip().endswith("restored 1 of 1 images into " + str(tmp_path / "out"))
 
 
+def test_words_that_name_no_known_type_restore_from_the_analysis_and_say_so(
+        shipped_like, photos, tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setattr(checkpoint, "SHIPPED", shipped_like)
+    words = "please make it look nicer"
+    assert infer.main([photos[0], "--out", str(tmp_path / "out"), "--degradation", words]) == 0
+    assert "names no degradation type the restorer knows" in capsys.readouterr().out
+    priors = OnlinePriors("offline")
+    pixels = load_rgb(photos[0]).pixels
+    guided, automatic = priors.sample("k", pixels, user=UserPriors(degradation=words)), priors.sample("k", pixels)
+    assert guided.meta.degradation_text == automatic.meta.degradation_text
+    assert guided.meta.analysis["vector"] == automatic.meta.analysis["vector"]
+    assert np.array_equal(guided.embeddings["degradation_tokens"], automatic.embeddings["degradation_tokens"])
+
+
 def test_a_missing_shipped_checkpoint_is_one_clear_line(photos, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(checkpoint, "SHIPPED", tmp_path / "absent")
     assert infer.main([photos[0], "--out", str(tmp_path / "out")]) == 1
