@@ -5,7 +5,7 @@ batch size; both times include loading the models; Ray's own start is timed apar
 samples/s of each, their ratio (pipeline / loop: above 1 means orchestration costs less than the
 overlap of stages gains) and the per-stage time split of each.
 
-    python bench/extract.py [--samples 252] [--preset offline] [--batch-size 8] [--num-cpus 2]
+    python bench/extract.py [--samples 252] [--repeat 1] [--preset offline] [--batch-size 8] [--num-cpus 2]
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def plain_loop(rows: list[dict], config: extract_config.ExtractConfig, batch_siz
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python bench/extract.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=252, help="demo samples to run (252 = all)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every sample this many times under distinct keys (default 1)")
     ap.add_argument("--preset", default="offline", help="prior preset of both runs (default offline: no downloads)")
     ap.add_argument("--batch-size", type=int, default=8, help="rows per batch in every stage of both runs")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
@@ -59,7 +61,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = demo_data.build(demo_data.DemoConfig(out=str(Path(tmp) / "data")))
-        rows = manifest.read(path)[: args.samples]
+        # Each image under --repeat keys: a run long enough that start-up no longer decides the ratio.
+        rows = [{**r, "key": f"{r['key']}_{i}"} if args.repeat > 1 else r
+                for i in range(args.repeat) for r in manifest.read(path)[: args.samples]]
         small = str(Path(tmp) / "bench.parquet")
         pq.write_table(pa.Table.from_pylist(rows, schema=manifest.SCHEMA), small)
         sets = {f"stages.{s}.batch_size": str(args.batch_size) for s in extract.STAGE_NAMES}
@@ -80,7 +84,7 @@ def main() -> None:
 
     n = len(rows)
     print("\n== bench/extract.py ==")
-    print(f"samples: {n}, preset: {args.preset}, batch size: {args.batch_size}")
+    print(f"samples: {n} ({args.samples} images × {args.repeat}), preset: {args.preset}, batch size: {args.batch_size}")
     print(f"plain loop: {loop_time:.1f} s  ({n / loop_time:.2f} samples/s), models loaded once, 1 torch thread")
     print(f"ray pipeline: {pipe_time:.1f} s  ({n / pipe_time:.2f} samples/s), actor loading included; "
           f"Ray's start {ray_start:.1f} s apart")
