@@ -158,16 +158,29 @@ def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     return steps
 
 
+def block_descriptors(work: list[ShardWork], rows_per_block: int) -> list[dict[str, Any]]:
+    """The blocks the stages pass along: each shard's range cut into pieces of ``rows_per_block``
+    rows (a retried shard, whose failed keys are few, stays one piece). A block moves from stage to
+    stage as a unit, so a whole shard per block would leave every stage but one idle until it is
+    done whenever shards are few, and hold a shard's decoded pixels in the object store at once."""
+    pieces = []
+    for w in work:
+        only = json.dumps(list(w.only_keys)) if w.only_keys else ""
+        step = w.stop - w.start if w.only_keys else rows_per_block
+        pieces += [{"shard": w.shard, "start": start, "stop": min(start + step, w.stop), "only_keys": only}
+                   for start in range(w.start, w.stop, max(step, 1))]
+    return pieces
+
+
 def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: ExtractConfig, config_hash: str,
                   steps: list[Step]):
     """The Ray Data graph over this run's shards and ``steps`` (lazy: nothing runs until iterated)."""
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    descriptors = [{"shard": w.shard, "start": w.start, "stop": w.stop,
-                    "only_keys": json.dumps(list(w.only_keys)) if w.only_keys else ""} for w in work]
-    # One descriptor per block: shards are read, processed and completed roughly in order, so
-    # a run that stops early leaves whole shards behind rather than fragments of all of them.
+    descriptors = block_descriptors(work, config.rows_per_block)
+    # One descriptor per block, in shard order: shards are read, processed and completed roughly in
+    # order, so a run that stops early leaves whole shards behind rather than fragments of all.
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
     ds = ds.map_batches(read_shard_rows, fn_kwargs={"manifest_path": manifest_path}, batch_size=1,
                         batch_format="numpy", num_cpus=config.stages.decode.num_cpus)

@@ -81,6 +81,9 @@ class Stages:
 class ExtractConfig:
     preset: str = "tiny"
     samples_per_shard: int = 256
+    # Manifest rows per Ray Data block (pipeline.extract.block_descriptors): what moves from stage
+    # to stage. Not part of the output: shards hold the same bytes whatever the blocks.
+    rows_per_block: int = 32
     # Render a diffusion reference for every sample (the most expensive stage; off = no ref.png).
     reference: bool = True
     # Put the weight-free analysis's sentence into the describer's prompt as a hint to check.
@@ -119,6 +122,8 @@ def load(path: str | None = None, sets: Mapping[str, str] | None = None, **field
     """Defaults, then the YAML file at ``path``, then keyword fields, then dotted ``sets``."""
     config = typed_config.load(ExtractConfig(), path, sets, **fields)
     models = config.resolved_models()  # an unknown preset or model field fails here, before any work
+    if config.rows_per_block < 1:
+        raise ValueError(f"rows_per_block={config.rows_per_block}: a block holds at least one row")
     if models.mllm is not None:
         if models.mllm.engine not in MLLM_ENGINES:
             raise ValueError(f"models.mllm.engine={models.mllm.engine!r}; choose one of {', '.join(MLLM_ENGINES)}")

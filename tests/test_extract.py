@@ -170,6 +170,16 @@ def _trickling_manifest(rain_manifest: str, tmp_path: Path) -> tuple[str, dict]:
     return _write_manifest(many, tmp_path / "many.parquet"), {f"stages.{s}.batch_size": "1" for s in extract.STAGE_NAMES}
 
 
+def test_blocks_cut_each_shard_in_order_and_a_retried_shard_stays_one_block():
+    work = [extract.ShardWork(0, 0, 70), extract.ShardWork(1, 70, 100, ("k1", "k2")), extract.ShardWork(2, 100, 132)]
+    blocks = extract.block_descriptors(work, 32)
+    assert [(b["shard"], b["start"], b["stop"]) for b in blocks] == [
+        (0, 0, 32), (0, 32, 64), (0, 64, 70), (1, 70, 100), (2, 100, 132)]
+    assert json.loads(blocks[3]["only_keys"]) == ["k1", "k2"] and not blocks[0]["only_keys"]
+    with pytest.raises(ValueError, match="rows_per_block=0"):
+        extract_config.load(None, {"rows_per_block": "0"})
+
+
 def _settled_count(folder: Path, pattern: str, quiet_s: float = 3.0) -> int:
     """How many files match once none has appeared for quiet_s seconds."""
     count, since = -1, time.time()
