@@ -35,7 +35,12 @@ from restore.app_examples import write_examples  # noqa: E402
 from restore.evaluate import add_device_arguments, load_restorer, pick_device, use_threads  # noqa: E402
 from restore.infer import read_image, restore_one  # noqa: E402
 from restore.model.tiling import WHOLE_IMAGE_PIXELS  # noqa: E402
-from restore.priors_online import PRESET_CHOICES, UserPriors, load_or_analysis_only  # noqa: E402
+from restore.priors_online import (  # noqa: E402
+    PRESET_CHOICES,
+    UserPriors,
+    load_or_analysis_only,
+    unused_words_note,
+)
 
 # The page restores on a CPU: past this many pixels a restoration takes many minutes. Larger
 # images are refused with that reason (restore.infer takes them, tiled).
@@ -146,6 +151,8 @@ def build_page(restorer: PhotoRestorer, examples: list[Path], out_dir: Path):
         tiled = h.loaded.height * h.loaded.width > WHOLE_IMAGE_PIXELS
         status = (f"Restored {name} ({h.loaded.width} × {h.loaded.height} px, "
                   f"{'in tiles' if tiled else 'whole image'}) as: *{h.text}*")
+        if unused_words_note(guide.strip()):
+            status += f". Note: {unused_words_note(guide.strip())}."
         return (analysis_bars(h.analysis), analysis_table(h.analysis, h.loaded, h.text),
                 (h.loaded.pixels, h.restored), str(target), status)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import cli, vocabulary
+from pipeline import cli
 from pipeline.analysis.features import MIN_SIDE as ANALYSIS_MIN_SIDE
 from pipeline.image_files import (
     MAX_PIXELS,
@@ -61,7 +61,7 @@ from restore.priors_online import (
     OnlinePriors,
     UserPriors,
     load_or_analysis_only,
-    named_types,
+    unused_words_note,
 )
 from restore.validate import to_uint8
 
@@ -188,11 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tile must be at least 8 pixels, got {args.tile}")
     use_threads(args.threads)
     user = UserPriors(args.degradation, args.caption, not args.no_reference)
-    if user.degradation and not named_types(user):
-        print(f"note: --degradation {user.degradation!r} names no degradation type the restorer knows "
-              f"({', '.join(t for t in vocabulary.DEGRADATION_TYPES if t != 'clean')}, in words such as "
-              f"'noisy', 'rain', 'fog'); "
-              f"restoring from the analysis's reading of each image instead")
+    if unused_words_note(user.degradation):
+        print(f"note: --degradation: {unused_words_note(user.degradation)}")
     failures: list[Failure] = []
     try:
         written = restore_images(args.checkpoint, args.images, args.out, user, args.tile, args.side_by_side,

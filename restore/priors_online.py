@@ -115,6 +115,15 @@ def named_types(user: UserPriors) -> list[str]:
     return list(user.types) or vocabulary.text_to_types(user.degradation)
 
 
+def unused_words_note(words: str | None) -> str:
+    """What to tell a user whose words name no degradation type the restorer knows; "" otherwise."""
+    if not words or vocabulary.text_to_types(words):
+        return ""
+    known = ", ".join(t for t in vocabulary.DEGRADATION_TYPES if t != "clean")
+    return (f"the words {words!r} name no degradation type the restorer knows ({known}, in words such "
+            f"as 'noisy', 'rain', 'fog'); it restores from the analysis's reading of the image instead")
+
+
 def guided_text(words: str, analysis: dict, types: list[str]) -> str:
     """A user's words, then the measured sentence of the types they name."""
     return f"{words.strip()}; {describe_types(analysis, types)}"

@@ -140,6 +140,11 @@ def test_typed_text_guides_the_restoration(page, shared_data):
     page.wait_for_selector("#download a", timeout=180_000)
     assert "as: get rid of the streaks of rain" in page.inner_text("#status")
     assert "Restored as: get rid of the streaks of rain" in page.inner_text("#analysis")
+    assert "Note:" not in page.inner_text("#status")
+    # Words that name no known degradation are not used, and the page says so.
+    page.fill("#guide textarea", "please make it look nicer")
+    page.click("#restore")
+    page.wait_for_selector("#status :text('name no degradation type the restorer knows')", timeout=180_000)
 
 
 def test_bad_files_get_their_reason_on_the_page_and_the_server_goes_on(page, awkward_images, shared_data,

@@ -119,7 +119,7 @@ def test_words_that_name_no_known_type_restore_from_the_analysis_and_say_so(
     monkeypatch.setattr(checkpoint, "SHIPPED", shipped_like)
     words = "please make it look nicer"
     assert infer.main([photos[0], "--out", str(tmp_path / "out"), "--degradation", words]) == 0
-    assert "names no degradation type the restorer knows" in capsys.readouterr().out
+    assert f"note: --degradation: the words {words!r} name no degradation type" in capsys.readouterr().out
     priors = OnlinePriors("offline")
     pixels = load_rgb(photos[0]).pixels
     guided, automatic = priors.sample("k", pixels, user=UserPriors(degradation=words)), priors.sample("k", pixels)
