@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from pipeline import cli, extract_config, manifest, shard_assembly, shards, stages, typed_config
 from pipeline.extract_config import ExtractConfig, StageResources
 from pipeline.image_files import sha256_file
-from pipeline.models import mllm_vllm
+from pipeline.models import mllm_vllm, presets
 from pipeline.shard_assembly import STAGE_NAMES
 
 # Assembling a shard only copies bytes from its parts into its tar.
@@ -142,7 +142,7 @@ def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     the analysis's sentence is the degradation text; no diffusion: no reference)."""
     steps = [Step("decode", stages.decode_batch, False, {"max_pixels": config.max_pixels}),
              Step("analysis", stages.AnalysisStage, True, {})]
-    if models.mllm is not None and models.mllm.engine == mllm_vllm.ENGINE:
+    if models.mllm is not None and models.mllm.engine == presets.VLLM:
         steps.append(Step("describer", mllm_vllm.add_stage, False, {"settings": models.mllm,
                                                                     "use_hint": config.analysis_hint}, True))
     elif models.mllm is not None:
@@ -168,7 +168,7 @@ def block_descriptors(work: list[ShardWork], rows_per_block: int) -> list[dict[s
         only = json.dumps(list(w.only_keys)) if w.only_keys else ""
         step = w.stop - w.start if w.only_keys else rows_per_block
         pieces += [{"shard": w.shard, "start": start, "stop": min(start + step, w.stop), "only_keys": only}
-                   for start in range(w.start, w.stop, max(step, 1))]
+                   for start in range(w.start, w.stop, step)]
     return pieces
 
 
@@ -280,8 +280,8 @@ def _check_installed(config: ExtractConfig) -> None:
     """Fail in the driver, with the fix, when the sentence encoder's package or vLLM is missing:
     inside a Ray actor the same error would surface as a failed actor pool."""
     models = config.resolved_models()
-    if models.mllm is not None and models.mllm.engine == mllm_vllm.ENGINE and not mllm_vllm.installed():
-        raise ExtractError(f"models.mllm.engine is {mllm_vllm.ENGINE}, and vllm is not installed here: "
+    if models.mllm is not None and models.mllm.engine == presets.VLLM and not mllm_vllm.installed():
+        raise ExtractError(f"models.mllm.engine is {presets.VLLM}, and vllm is not installed here: "
                            f"pip install 'ray[llm]' (or set models.mllm.engine=transformers)")
     text = models.text
     if text is None:

@@ -34,9 +34,6 @@ from pipeline.image_files import MAX_PIXELS
 from pipeline.models import presets
 from pipeline.sample_format import FORMAT_VERSION
 
-# Where the MLLM runs (pipeline.models.presets.MLLMSettings.engine).
-MLLM_ENGINES = ("transformers", "vllm")
-
 
 @dataclass(frozen=True)
 class StageResources:
@@ -125,9 +122,10 @@ def load(path: str | None = None, sets: Mapping[str, str] | None = None, **field
     if config.rows_per_block < 1:
         raise ValueError(f"rows_per_block={config.rows_per_block}: a block holds at least one row")
     if models.mllm is not None:
-        if models.mllm.engine not in MLLM_ENGINES:
-            raise ValueError(f"models.mllm.engine={models.mllm.engine!r}; choose one of {', '.join(MLLM_ENGINES)}")
-        if models.mllm.engine == "vllm" and models.mllm.num_beams != 1:
+        if models.mllm.engine not in presets.MLLM_ENGINES:
+            raise ValueError(f"models.mllm.engine={models.mllm.engine!r}; choose one of "
+                             f"{', '.join(presets.MLLM_ENGINES)}")
+        if models.mllm.engine == presets.VLLM and models.mllm.num_beams != 1:
             raise ValueError(f"models.mllm.num_beams={models.mllm.num_beams}: beam search is not available with "
                              "models.mllm.engine=vllm; use num_beams: 1 or engine: transformers")
     for stage in dataclasses.fields(config.stages):

@@ -151,8 +151,9 @@ def build_page(restorer: PhotoRestorer, examples: list[Path], out_dir: Path):
         tiled = h.loaded.height * h.loaded.width > WHOLE_IMAGE_PIXELS
         status = (f"Restored {name} ({h.loaded.width} × {h.loaded.height} px, "
                   f"{'in tiles' if tiled else 'whole image'}) as: *{h.text}*")
-        if unused_words_note(guide.strip()):
-            status += f". Note: {unused_words_note(guide.strip())}."
+        note = unused_words_note(guide.strip())
+        if note:
+            status += f". Note: {note}."
         return (analysis_bars(h.analysis), analysis_table(h.analysis, h.loaded, h.text),
                 (h.loaded.pixels, h.restored), str(target), status)
 

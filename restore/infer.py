@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tile must be at least 8 pixels, got {args.tile}")
     use_threads(args.threads)
     user = UserPriors(args.degradation, args.caption, not args.no_reference)
-    if unused_words_note(user.degradation):
-        print(f"note: --degradation: {unused_words_note(user.degradation)}")
+    note = unused_words_note(user.degradation)
+    if note:
+        print(f"note: --degradation: {note}")
     failures: list[Failure] = []
     try:
         written = restore_images(args.checkpoint, args.images, args.out, user, args.tile, args.side_by_side,

@@ -117,7 +117,7 @@ def named_types(user: UserPriors) -> list[str]:
 
 def unused_words_note(words: str | None) -> str:
     """What to tell a user whose words name no degradation type the restorer knows; "" otherwise."""
-    if not words or vocabulary.text_to_types(words):
+    if not words or named_types(UserPriors(degradation=words)):
         return ""
     known = ", ".join(t for t in vocabulary.DEGRADATION_TYPES if t != "clean")
     return (f"the words {words!r} name no degradation type the restorer knows ({known}, in words such "

@@ -23,9 +23,8 @@ from typing import Any
 
 from pipeline import stages
 from pipeline.extract_config import StageResources
-from pipeline.models.presets import MLLMSettings
+from pipeline.models.presets import VLLM, MLLMSettings
 
-ENGINE = "vllm"
 # The answer's shape, enforced by the engine while it decodes.
 ANSWER_SCHEMA = {
     "type": "object",
@@ -143,7 +142,7 @@ def provenance(settings: MLLMSettings) -> dict[str, Any]:
 
     return {
         **describe_source(settings.model, settings.revision, "config.json"),
-        "engine": ENGINE,
+        "engine": VLLM,
         "engine_version": importlib.metadata.version("vllm") if installed() else None,
         "dtype": settings.dtype,
         "prompts": {"both": question(settings, None), "hint": settings.hint_template},

@@ -58,14 +58,19 @@ SDXL_BASE_COMMIT = "462165984030d82259a11f4367a4eed129e94a7b"           # stabil
 OPENAI_VIT_L_14_COMMIT = "18d0535469bb561bf468d76c1d73aa35156c922b"
 
 
+# Where the MLLM runs (MLLMSettings.engine).
+VLLM = "vllm"
+MLLM_ENGINES = ("transformers", VLLM)
+
+
 @dataclass(frozen=True)
 class MLLMSettings:
     """An image-text-to-text model (Qwen2.5-VL class) used as degradation describer and captioner."""
 
     model: str
     revision: str | None = None
-    # "transformers": the model runs in the describer stage's actors (stages.MLLMStage);
-    # "vllm": in vLLM engines through Ray Data LLM (pipeline.models.mllm_vllm), when installed.
+    # One of MLLM_ENGINES: "transformers" runs the model in the describer stage's actors
+    # (stages.MLLMStage), "vllm" in vLLM engines through Ray Data LLM (pipeline.models.mllm_vllm).
     engine: str = "transformers"
     dtype: str = "auto"
     attn_implementation: str = "sdpa"
