@@ -24,6 +24,7 @@ loses only the shards in progress: the program says how many are complete and ex
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -46,6 +48,8 @@ from pipeline.shard_assembly import STAGE_NAMES
 
 # Assembling a shard only copies bytes from its parts into its tar.
 ASSEMBLY_CPUS = 0.25
+# The step that runs a chain of CPU-only stages (chain_cpu_steps), and its entry in config.stages.
+CHAIN = "cpu"
 
 
 class ExtractError(Exception):
@@ -136,6 +140,58 @@ class Step:
     kwargs: dict
     on_dataset: bool = False
 
+    def build(self) -> Callable[[dict], dict]:
+        """The callable that runs this stage on a batch (an actor class is constructed: its model
+        loads here)."""
+        return self.fn(**self.kwargs) if self.actor else functools.partial(self.fn, **self.kwargs)
+
+
+class StageChain:
+    """Consecutive stages run in turn inside one actor, each on batches of its own size.
+
+    Ray Data fuses consecutive task stages into one, but never actor pools: five pools on a CPU
+    node hand every block from pool to pool through the object store and share the cores among
+    five processes whose loads differ. A chain instead takes each block through all of its stages
+    where it is, and its pool grows to the CPUs there are: data parallelism, as a plain loop per
+    core would do it. Stages that ask for a GPU keep their own pools."""
+
+    def __init__(self, steps: list[Step], batch_sizes: list[int]) -> None:
+        self.parts = [(step.build(), size) for step, size in zip(steps, batch_sizes)]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        for run, size in self.parts:
+            n = len(batch["key"])
+            if n <= size:
+                batch = run(batch)
+                continue
+            chunks = [run({k: v[i:i + size] for k, v in batch.items()}) for i in range(0, n, size)]
+            batch = {k: [x for chunk in chunks for x in chunk[k]] for k in chunks[0]}
+        return batch
+
+
+def chain_cpu_steps(steps: list[Step], config: ExtractConfig) -> list[Step]:
+    """``steps`` with every run of two or more consecutive stages that ask for no GPU replaced by
+    one ``StageChain`` step named ``cpu`` (its resources: ``config.stages.cpu``)."""
+    out: list[Step] = []
+    run: list[Step] = []
+
+    def close() -> None:
+        if len(run) > 1:
+            sizes = [getattr(config.stages, s.name).batch_size for s in run]
+            out.append(Step(CHAIN, StageChain, True, {"steps": list(run), "batch_sizes": sizes}))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for step in steps:
+        if step.on_dataset or getattr(config.stages, step.name).num_gpus:
+            close()
+            out.append(step)
+        else:
+            run.append(step)
+    close()
+    return out
+
 
 def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     """The stages a preset runs, in order: components a preset leaves out are skipped (no MLLM:
@@ -199,7 +255,7 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
                                   **options)
         return ds.map_batches(fn, fn_kwargs=kwargs, **options)
 
-    for step in steps:
+    for step in chain_cpu_steps(steps, config) if config.chain_cpu_stages else steps:
         resources = getattr(config.stages, step.name)
         if step.on_dataset:
             ds = step.fn(ds, resources=resources, **step.kwargs)

@@ -66,6 +66,11 @@ class Stages:
     describer: StageResources = StageResources()
     reference: StageResources = StageResources()
     clip: StageResources = StageResources(batch_size=16)
+    # Consecutive stages that ask for no GPU, run in turn by one pool (ExtractConfig.chain_cpu_stages):
+    # each actor takes a block through all of them, each stage on its own batch_size. Size the pool
+    # to the CPUs that should run them (the default: a 2-core machine); on a cluster, e.g.
+    # {concurrency: 8, max_concurrency: 64}.
+    cpu: StageResources = StageResources(batch_size=16, concurrency=2)
 
     # A config written for an earlier layout names these; it is refused with the reason.
     RETIRED: ClassVar[dict[str, str]] = {
@@ -86,6 +91,9 @@ class ExtractConfig:
     # Put the weight-free analysis's sentence into the describer's prompt as a hint to check.
     analysis_hint: bool = True
     max_pixels: int = MAX_PIXELS
+    # Run consecutive CPU-only stages in one actor pool (stages.cpu) instead of a pool each
+    # (pipeline.extract.StageChain). Not part of the output: the same rows go through the same calls.
+    chain_cpu_stages: bool = True
     stages: Stages = Stages()
     # Overrides of the preset's model settings, nested as {"mllm": {"max_new_tokens": 32}}.
     models: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -180,6 +180,64 @@ def test_blocks_cut_each_shard_in_order_and_a_retried_shard_stays_one_block():
         extract_config.load(None, {"rows_per_block": "0"})
 
 
+def test_consecutive_cpu_stages_run_as_one_chain_and_gpu_stages_keep_their_pools():
+    def plan(sets):
+        config = extract_config.load(None, sets)
+        return [(s.name, [c.name for c in s.kwargs.get("steps", [])])
+                for s in extract.chain_cpu_steps(extract.stage_plan(config, config.resolved_models()), config)]
+
+    everything = ["decode", "analysis", "describer", "reference", "clip"]
+    assert plan({}) == [("cpu", everything)]
+    assert plan({"stages.describer.num_gpus": "1", "stages.reference.num_gpus": "1"}) == [
+        ("cpu", ["decode", "analysis"]), ("describer", []), ("reference", []), ("clip", [])]
+    assert plan({"stages.analysis.num_gpus": "0.5"}) == [
+        ("decode", []), ("analysis", []), ("cpu", ["describer", "reference", "clip"])]
+
+
+def test_a_chain_gives_each_stage_its_own_batch_size_and_the_rows_it_would_get_alone(rain_manifest):
+    config = extract_config.load(None, {"stages.decode.batch_size": "2", "stages.analysis.batch_size": "3"},
+                                 preset="offline")
+    steps = extract.stage_plan(config, config.resolved_models())[:3]  # decode, analysis, the analysis's text
+    assert [s.name for s in steps] == ["decode", "analysis", "describer"]
+    table = extract.read_shard_rows({"shard": [0], "start": [0], "stop": [7], "only_keys": [""]}, rain_manifest)
+    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+
+    seen: list[tuple[str, int]] = []
+
+    def watched(step):
+        def run(rows):
+            seen.append((step.name, len(rows["key"])))
+            return step.build()(rows)
+        return extract.Step(step.name, lambda: run, True, {})
+
+    chained = extract.StageChain([watched(s) for s in steps], [2, 3, 16])(dict(batch))
+    assert seen == [("decode", 2)] * 3 + [("decode", 1)] + [("analysis", 3)] * 2 + [("analysis", 1), ("describer", 7)]
+    alone = dict(batch)
+    for step in steps:
+        alone = step.build()(alone)
+    assert set(chained) == set(alone)
+    for column in chained:
+        if column.startswith("t_"):  # stage timings
+            continue
+        assert len(chained[column]) == 7
+        for a, b in zip(chained[column], alone[column]):
+            assert (np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b), column
+    assert all(chained["analysis"]) and not any(chained["error"])
+
+
+def test_chained_and_pooled_stages_write_the_same_shard_bytes(tmp_path, rain_manifest, ray_local):
+    # Every stage's batch is one shard's block (3 rows) either way, so the models see the same batches.
+    sets = {f"stages.{s}.batch_size": "3" for s in (*extract.STAGE_NAMES, extract.CHAIN)}
+    for chain in ("true", "false"):
+        config = extract_config.load(None, {**sets, "chain_cpu_stages": chain}, samples_per_shard=3, reference=False)
+        index = extract.extract(rain_manifest, str(tmp_path / chain), config)
+        assert (index["samples"], index["failed"]) == (8, 0)
+    tars = sorted(p.name for p in (tmp_path / "true").glob("*.tar"))
+    assert len(tars) == 3 and tars == sorted(p.name for p in (tmp_path / "false").glob("*.tar"))
+    for name in tars:
+        assert (tmp_path / "true" / name).read_bytes() == (tmp_path / "false" / name).read_bytes(), name
+
+
 def _settled_count(folder: Path, pattern: str, quiet_s: float = 3.0) -> int:
     """How many files match once none has appeared for quiet_s seconds."""
     count, since = -1, time.time()

@@ -86,10 +86,15 @@ def package_source(model: str) -> dict:
     per machine and would make the same priors differ in bytes."""
     module, _, inner = model[len(PACKAGE_SCHEME):].partition("/")
     out: dict = {"model": model, "revision": None, "resolved": None}
-    names = importlib.metadata.packages_distributions().get(module)
-    if not names:
-        return out
-    dist = importlib.metadata.distribution(names[0])
+    try:
+        # A distribution named as its module is the usual case, found without scanning every
+        # installed distribution (packages_distributions: over a second in each actor that starts).
+        dist = importlib.metadata.distribution(module)
+    except importlib.metadata.PackageNotFoundError:
+        names = importlib.metadata.packages_distributions().get(module)
+        if not names:
+            return out
+        dist = importlib.metadata.distribution(names[0])
     out["resolved"] = f"{dist.metadata['Name']}=={dist.version}"
     weights = next((f for f in dist.files or [] if str(f).startswith(f"{module}/{inner}/")
                     and str(f).endswith(".safetensors") and f.hash is not None and f.hash.mode == "sha256"), None)
