@@ -19,6 +19,7 @@ from pipeline.degrade import apply
 from pipeline.sample_format import TOKEN_POSITIONS, Sample, SampleMeta, encode_sample
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore import data
+from restore.model import Restorer, preset
 
 WIDTH = 8  # token and CLIP widths of the test embeddings
 
@@ -137,7 +138,9 @@ def test_batches_carry_priors_with_presence(tmp_path):
     batch = take(loader, 1)[0]
     priors = data.batch_priors(batch)
     assert batch["lq"].shape == (2, 3, 24, 24) and priors.reference.shape == (2, 3, 24, 24)
-    assert priors.degradation_tokens.shape == (2, TOKEN_POSITIONS, WIDTH)
+    # Tokens come cut to the batch's longest text (trim_tokens).
+    tokens, mask = priors.degradation_tokens, priors.degradation_mask
+    assert tokens.shape[::2] == (2, WIDTH) and mask.shape == tokens.shape[:2] == (2, int(mask.sum(1).max()))
     assert priors.presence("degradation_vector", 2, torch.device("cpu")).all()
     assert float(priors.degradation_vector[0, DEGRADATION_TYPES.index("noise")]) == pytest.approx(0.9)
 
@@ -255,7 +258,26 @@ def batch_digest(batches: list[dict[str, torch.Tensor]]) -> str:
 # epochs): which samples, crops, flips and rotations, the priors and positions. The stream is a
 # pure function of its seeds, so this changes only with a deliberate change of what the stream
 # yields (then say so where you update it); a speed-up must leave it as it is.
-PINNED_BATCHES = "7e1c35eef10fb6f3c28aee3f3193698eac6fe7b678f0287c086871b70c84d0ec"
+# Updated when batches began to carry token arrays cut to their batch's longest text
+# (data.trim_tokens): the rows cut are ones the model masks out, as the test after this checks.
+PINNED_BATCHES = "0705d5be9cac944aa48d7f053423a75159f9542d848d79498033c4b0332b08b4"
+
+
+def test_cutting_tokens_to_the_longest_text_leaves_the_model_output_as_it_is(tmp_path):
+    # The shards' token rows past each text's length are not zero here, as in any npz whose
+    # encoder wrote hidden states for its padding: the model must not see them, cut or not.
+    index = write_shards(tmp_path / "set", shards=1, per_shard=4)
+    samples = data.read_samples(data.resolve(str(index)).urls)
+    rng = np.random.default_rng(0)
+    examples = [data.training_example(s, 24, rng, WIDTH, WIDTH) for s in samples]
+    whole = data.collate([dict(e) for e in examples])
+    cut = data.collate(data.trim_tokens([dict(e) for e in examples]))
+    assert cut["degradation_tokens"].shape[1] < whole["degradation_tokens"].shape[1] == TOKEN_POSITIONS
+    assert whole["degradation_tokens"][:, cut["degradation_tokens"].shape[1]:].abs().sum() > 0
+    model = Restorer(preset("tiny", token_width=WIDTH, clip_width=WIDTH, use_reference=False)).eval()
+    with torch.no_grad():
+        expected = model(whole["lq"], data.batch_priors(whole))
+        assert torch.allclose(model(cut["lq"], data.batch_priors(cut)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
