@@ -31,9 +31,9 @@ import shutil
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -152,8 +152,9 @@ class StageChain:
     Ray Data fuses consecutive task stages into one, but never actor pools: five pools on a CPU
     node hand every block from pool to pool through the object store and share the cores among
     five processes whose loads differ. A chain instead takes each block through all of its stages
-    where it is, and its pool grows to the CPUs there are: data parallelism, as a plain loop per
-    core would do it. Stages that ask for a GPU keep their own pools."""
+    where it is, in a pool (``stages.cpu``) sized to the CPUs that should run them: data
+    parallelism, as a plain loop per core would do it. Stages that ask for a GPU keep their own
+    pools."""
 
     def __init__(self, steps: list[Step], batch_sizes: list[int]) -> None:
         self.parts = [(step.build(), size) for step, size in zip(steps, batch_sizes)]
@@ -170,13 +171,14 @@ class StageChain:
 
 
 def chain_cpu_steps(steps: list[Step], config: ExtractConfig) -> list[Step]:
-    """``steps`` with every run of two or more consecutive stages that ask for no GPU replaced by
-    one ``StageChain`` step named ``cpu`` (its resources: ``config.stages.cpu``)."""
+    """``steps`` with every run of two or more consecutive stages that ask for no GPU, one of them
+    an actor, replaced by one ``StageChain`` step named ``cpu`` (its resources:
+    ``config.stages.cpu``). Runs of plain functions are left to Ray Data, which fuses them itself."""
     out: list[Step] = []
     run: list[Step] = []
 
     def close() -> None:
-        if len(run) > 1:
+        if len(run) > 1 and any(s.actor for s in run):
             sizes = [getattr(config.stages, s.name).batch_size for s in run]
             out.append(Step(CHAIN, StageChain, True, {"steps": list(run), "batch_sizes": sizes}))
         else:

@@ -20,7 +20,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline import extract, extract_config, manifest, shards
+from pipeline import extract, extract_config, manifest, shards, stages
 from pipeline import sample_format as sf
 from pipeline.image_files import decode_rgb, encode_png, sha256_hex
 from pipeline.models import presets
@@ -192,6 +192,10 @@ def test_consecutive_cpu_stages_run_as_one_chain_and_gpu_stages_keep_their_pools
         ("cpu", ["decode", "analysis"]), ("describer", []), ("reference", []), ("clip", [])]
     assert plan({"stages.analysis.num_gpus": "0.5"}) == [
         ("decode", []), ("analysis", []), ("cpu", ["describer", "reference", "clip"])]
+    # Plain functions alone are left to Ray Data, which fuses consecutive tasks itself.
+    functions = [extract.Step("decode", stages.decode_batch, False, {"max_pixels": 10**6}),
+                 extract.Step("describer", stages.analysis_text, False, {})]
+    assert extract.chain_cpu_steps(functions, extract_config.load()) == functions
 
 
 def test_a_chain_gives_each_stage_its_own_batch_size_and_the_rows_it_would_get_alone(rain_manifest):
