@@ -21,6 +21,7 @@ from restore.model import (
     restore_tiled,
     tiny,
 )
+from restore.model.config import PRIOR_LEVELS
 from restore.model.prior_blocks import LocalReferenceAttention, ReferenceTokenizer
 from restore.model.priors import random_priors
 from restore.model.summary import RESTORMER_CONV_GMACS, RESTORMER_PARAMS, format_table, summarize
@@ -106,6 +107,18 @@ def test_gradients_reach_every_parameter_of_every_prior_path():
     for component in ("prompt_encoder", "degradation_blocks", "caption_encoder", "content_blocks",
                       "reference_encoder", "reference_blocks"):
         assert any(name.startswith(component) for name, _ in model.named_parameters())
+
+
+def test_degradation_blocks_enter_where_the_config_says():
+    everywhere = tiny_model(degradation_levels=PRIOR_LEVELS)
+    assert set(everywhere.degradation_blocks) == set(PRIOR_LEVELS)
+    assert set(tiny_model().degradation_blocks) == {"encoder1", "encoder2", "encoder3", "latent"}
+    lq, target = torch.rand(2, 3, 24, 32), torch.rand(2, 3, 24, 32)
+    (everywhere(lq, priors_for(everywhere, 2)) - target).abs().mean().backward()
+    for level in ("decoder3", "decoder2", "decoder1"):
+        assert all(p.grad is not None and p.grad.any() for p in everywhere.degradation_blocks[level].parameters())
+    with pytest.raises(ValueError, match="degradation_levels"):
+        tiny(degradation_levels=("encoder1", "middle"))
 
 
 def test_same_seed_same_model_and_output():

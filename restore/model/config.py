@@ -17,10 +17,13 @@ from typing import Any
 from pipeline.vocabulary import DEGRADATION_TYPES
 
 LEVELS = 4
+# The U-Net's places where a prior can enter (restore.model.restorer), in the order forward passes them.
+PRIOR_LEVELS = ("encoder1", "encoder2", "encoder3", "latent", "decoder3", "decoder2", "decoder1")
 REFERENCE_ATTENTIONS = ("pooled", "windowed")
 # Fields added after config.json files were first written, with the value that rebuilds the model
 # such a file describes: before reference_attention there was only the windowed branch.
-ADDED_FIELDS = {"reference_attention": "windowed", "reference_grid": 8}
+ADDED_FIELDS = {"reference_attention": "windowed", "reference_grid": 8,
+                "degradation_levels": ("encoder1", "encoder2", "encoder3", "latent")}
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class RestorerConfig:
     token_width: int = 768
     clip_width: int = 768
     num_degradation_types: int = len(DEGRADATION_TYPES)
+
+    # Where a degradation-aware block (cross-attention to the prompts, then a prompt-conditioned
+    # channel modulation) enters, of PRIOR_LEVELS.
+    degradation_levels: tuple[str, ...] = ("encoder1", "encoder2", "encoder3", "latent")
 
     # Query-based prompt encoder.
     prompt_tokens: int = 16
@@ -98,6 +105,9 @@ class RestorerConfig:
                             f"{', '.join(REFERENCE_ATTENTIONS)}")
         if self.reference_grid < 1:
             problems.append(f"reference_grid must be >= 1, got {self.reference_grid}")
+        unknown = [n for n in self.degradation_levels if n not in PRIOR_LEVELS]
+        if unknown or len(set(self.degradation_levels)) != len(self.degradation_levels):
+            problems.append(f"degradation_levels {self.degradation_levels}: each once, of {', '.join(PRIOR_LEVELS)}")
         if problems:
             raise ValueError("invalid RestorerConfig: " + "; ".join(problems))
 

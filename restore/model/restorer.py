@@ -2,7 +2,8 @@
 
 Read ``Restorer.forward`` top to bottom: it is Restormer's encoder–decoder (pixel-unshuffle
 down, pixel-shuffle up, concatenated skips, refinement blocks, a global residual) with one call
-to ``_inject`` at each level where a prior enters. Which prior enters where:
+to ``_inject`` at each level where a prior enters. Which prior enters where (the degradation-aware
+levels are ``config.degradation_levels``; these are the default):
 
     level      degradation-aware   content-aware   reference-based
     encoder1          x
@@ -49,7 +50,6 @@ WEIGHTS_FILE = "model.safetensors"
 # Three 2x downsamplings: inputs are padded to a multiple of this and cropped back.
 SIZE_MULTIPLE = 8
 
-DEGRADATION_LEVELS = ("encoder1", "encoder2", "encoder3", "latent")
 CONTENT_LEVELS = ("encoder3", "latent", "decoder3")
 REFERENCE_LEVELS = ("decoder1", "decoder2", "decoder3")  # index = reference pyramid level
 # Parameter names (the last part) that Restorer.no_weight_decay lists.
@@ -103,7 +103,7 @@ class Restorer(nn.Module):
         if c.use_degradation:
             self.prompt_encoder = PromptEncoder(c)
             self.degradation_blocks = nn.ModuleDict(
-                {n: DegradationAwareBlock(widths[n], c.prompt_dim, level_heads[n]) for n in DEGRADATION_LEVELS})
+                {n: DegradationAwareBlock(widths[n], c.prompt_dim, level_heads[n]) for n in c.degradation_levels})
         if c.use_content:
             self.caption_encoder = CaptionEncoder(c)
             self.content_blocks = nn.ModuleDict(
