@@ -253,8 +253,10 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
         if res.num_gpus:
             options["num_gpus"] = res.num_gpus
         if actor:
-            return ds.map_batches(fn, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(**res.actor_pool()),
-                                  **options)
+            # No more actors than blocks: a retry of a few rows would start (and load models in)
+            # actors that never get a block.
+            pool = {k: min(v, len(descriptors)) for k, v in res.actor_pool().items()}
+            return ds.map_batches(fn, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(**pool), **options)
         return ds.map_batches(fn, fn_kwargs=kwargs, **options)
 
     for step in chain_cpu_steps(steps, config) if config.chain_cpu_stages else steps:
