@@ -20,10 +20,12 @@ LEVELS = 4
 # The U-Net's places where a prior can enter (restore.model.restorer), in the order forward passes them.
 PRIOR_LEVELS = ("encoder1", "encoder2", "encoder3", "latent", "decoder3", "decoder2", "decoder1")
 REFERENCE_ATTENTIONS = ("pooled", "windowed")
+# Where the degradation-aware blocks enter unless a config says otherwise, and the only places
+# they entered before degradation_levels existed.
+DEGRADATION_LEVELS = ("encoder1", "encoder2", "encoder3", "latent")
 # Fields added after config.json files were first written, with the value that rebuilds the model
 # such a file describes: before reference_attention there was only the windowed branch.
-ADDED_FIELDS = {"reference_attention": "windowed", "reference_grid": 8,
-                "degradation_levels": ("encoder1", "encoder2", "encoder3", "latent")}
+ADDED_FIELDS = {"reference_attention": "windowed", "reference_grid": 8, "degradation_levels": DEGRADATION_LEVELS}
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class RestorerConfig:
 
     # Where a degradation-aware block (cross-attention to the prompts, then a prompt-conditioned
     # channel modulation) enters, of PRIOR_LEVELS.
-    degradation_levels: tuple[str, ...] = ("encoder1", "encoder2", "encoder3", "latent")
+    degradation_levels: tuple[str, ...] = DEGRADATION_LEVELS
 
     # Query-based prompt encoder.
     prompt_tokens: int = 16
