@@ -62,6 +62,9 @@ from restore.synthesis import SynthesisConfig, list_photos, validation_samples
 from restore.validate import autocast, plot_curve, validate
 
 
+PIXEL_LOSSES = ("l1", "psnr")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run; written to RUN/config.yaml as resolved."""
@@ -110,7 +113,12 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     grad_clip: float = 0.01  # max global gradient norm; 0 turns clipping off
-    fft_weight: float = 0.0  # weight of the L1 loss between Fourier spectra, added to pixel L1
+    # The pixel loss: "l1", or "psnr", minus each image's PSNR averaged over the batch (NAFNet's
+    # PSNR loss). With many tasks in a batch, L1's gradient is ruled by the images whose errors
+    # are large (haze, low light); "psnr" weighs every image's dB alike, as the all-in-one
+    # tables average them, so small-error tasks such as denoising are not drowned.
+    pixel_loss: str = "l1"
+    fft_weight: float = 0.0  # weight of the L1 loss between Fourier spectra, added to the pixel loss
     ema_decay: float = 0.999
     prior_dropout: float | None = None  # default: the restorer config's prior_dropout
     seed: int = 0
@@ -131,6 +139,11 @@ class TrainConfig:
     val_tile: int = 512
     save_every: int = 1000
     keep: int = 3
+
+    def __post_init__(self) -> None:
+        # Here, not at the first step: a misspelt loss fails before data and models load.
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise ValueError(f"pixel_loss must be one of {', '.join(PIXEL_LOSSES)}, got {self.pixel_loss!r}")
 
     def to_dict(self) -> dict[str, Any]:
         # Through JSON: tuples become lists, which YAML and the checkpoint's JSON both take.
@@ -187,9 +200,18 @@ def stage_at(plan: tuple[Stage, ...], step: int) -> Stage:
     return next((s for s in plan if step < s.until), plan[-1])
 
 
-def restoration_loss(restored: Tensor, target: Tensor, fft_weight: float) -> Tensor:
-    """L1 on pixels, plus ``fft_weight`` × L1 between the real-FFT spectra (as in MIRNet-v2/FFTformer)."""
-    loss = (restored - target).abs().mean()
+def restoration_loss(restored: Tensor, target: Tensor, fft_weight: float, pixel: str = "l1") -> Tensor:
+    """The pixel loss (TrainConfig.pixel_loss), plus ``fft_weight`` × L1 between the real-FFT
+    spectra (as in MIRNet-v2/FFTformer)."""
+    if pixel == "l1":
+        loss = (restored - target).abs().mean()
+    elif pixel == "psnr":
+        # 10·log10 of each image's MSE is minus its PSNR for a peak of 1; the floor keeps a perfect
+        # image's gradient finite (about 80 dB, beyond anything 8-bit data can show).
+        mse = (restored - target).square().flatten(1).mean(dim=1)
+        loss = 10.0 * torch.log10(mse + 1e-8).mean()
+    else:
+        raise ValueError(f"unknown pixel loss {pixel!r}")
     if fft_weight > 0:
         a, b = torch.fft.rfft2(restored.float()), torch.fft.rfft2(target.float())
         loss = loss + fft_weight * (torch.view_as_real(a) - torch.view_as_real(b)).abs().mean()
@@ -605,7 +627,7 @@ def fit(config: TrainConfig, resume: bool = False,
                 sync = micro == config.accumulate - 1 or env.world == 1
                 context = model.no_sync() if not sync else contextlib.nullcontext()
                 with context, autocast(env.device, config.amp):
-                    loss = restoration_loss(model(lq, priors).float(), gt, config.fft_weight)
+                    loss = restoration_loss(model(lq, priors).float(), gt, config.fft_weight, config.pixel_loss)
                 (loss / config.accumulate).backward()
                 step_loss += loss.detach() / config.accumulate
             if config.grad_clip > 0:
@@ -716,6 +738,7 @@ def dry_run(config: TrainConfig, world: int = 1) -> str:
     start = config.warmup_steps + config.hold_steps
     decay = config.decay_steps if config.decay_steps is not None else config.steps - start
     clip = f"gradient norm clipped at {config.grad_clip:g}" if config.grad_clip > 0 else "no gradient clipping"
+    lines.append(f"loss: {config.pixel_loss} on pixels" + (f" + {config.fft_weight:g} × L1 of spectra" if config.fft_weight else ""))
     lines.append(f"schedule: {config.steps:,} optimizer steps, AdamW (betas {config.beta1:g}, {config.beta2:g}; weight "
                  f"decay {config.weight_decay:g}), {clip}, EMA {config.ema_decay:g}")
     parts = [f"warmup to {config.lr:g} over {config.warmup_steps:,} steps"] if config.warmup_steps else []

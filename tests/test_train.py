@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import shards as shard_files
-from restore import checkpoint, data, train
+from restore import checkpoint, data, metrics, train
 from restore.model import Restorer, tiny
 from restore.model.priors import random_priors
 from tests.test_data import make_sample, write_shards
@@ -147,6 +147,24 @@ def test_learning_rate_warms_up_then_follows_the_cosine():
     held = train.TrainConfig(steps=100, warmup_steps=10, hold_steps=20, decay_steps=140, lr=1e-3, min_lr=0.0)
     assert train.get_lr(29, held) == pytest.approx(1e-3)
     assert train.get_lr(100, held) == pytest.approx(0.5 * (1 + math.cos(math.pi * 70 / 140)) * 1e-3)
+
+
+def test_psnr_loss_is_minus_the_mean_psnr_and_weighs_every_image_alike():
+    target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    error = torch.tensor([0.01, 0.1]).view(2, 1, 1, 1).expand_as(target)  # 40 dB and 20 dB
+    restored = (target + error).requires_grad_()
+    loss = train.restoration_loss(restored, target, 0.0, "psnr")
+    assert loss.item() == pytest.approx(-metrics.psnr(restored.detach(), target).mean().item(), abs=1e-3)
+    assert loss.item() == pytest.approx(-30.0, abs=1e-3)
+    loss.backward()
+    # Each image's dB counts alike, so the image ten times closer gets a gradient ten times larger;
+    # L1 gives both the same, and large errors (haze, low light) rule the sum.
+    assert (restored.grad[0] / restored.grad[1]).flatten().tolist() == pytest.approx([10.0] * 3 * 16 * 16, rel=1e-4)
+    restored.grad = None
+    train.restoration_loss(restored, target, 0.0, "l1").backward()
+    assert torch.equal(restored.grad[0], restored.grad[1])
+    with pytest.raises(ValueError, match="pixel_loss must be one of l1, psnr, got 'l2'"):
+        train.load_config(None, {"pixel_loss": "l2"})
 
 
 def test_config_from_yaml_and_overrides(tmp_path):
