@@ -211,8 +211,10 @@ class SkipCounter:
         self.count += 1
         self.in_a_row += 1
         if self.limit is not None and self.in_a_row > self.limit:
+            # Not chained: the message carries the last error, and a DataLoader worker's re-raise
+            # would print the chain's first error (the reader's, not this) as the original.
             raise ValueError(f"{self.where}: {self.limit} bad records or shards in a row, the data is "
-                               f"unusable; last error: {_short(error)}") from error
+                             f"unusable; last error: {_short(error)}") from None
         now = time.monotonic()
         if self.count <= SKIP_LOG_FIRST:
             log.warning("%s: skipped bad data (%d so far): %s", self.where, self.count, _short(error))
