@@ -738,7 +738,8 @@ def dry_run(config: TrainConfig, world: int = 1) -> str:
     start = config.warmup_steps + config.hold_steps
     decay = config.decay_steps if config.decay_steps is not None else config.steps - start
     clip = f"gradient norm clipped at {config.grad_clip:g}" if config.grad_clip > 0 else "no gradient clipping"
-    lines.append(f"loss: {config.pixel_loss} on pixels" + (f" + {config.fft_weight:g} × L1 of spectra" if config.fft_weight else ""))
+    spectra = f" + {config.fft_weight:g} × L1 of spectra" if config.fft_weight else ""
+    lines.append(f"loss: {config.pixel_loss} on pixels{spectra}")
     lines.append(f"schedule: {config.steps:,} optimizer steps, AdamW (betas {config.beta1:g}, {config.beta2:g}; weight "
                  f"decay {config.weight_decay:g}), {clip}, EMA {config.ema_decay:g}")
     parts = [f"warmup to {config.lr:g} over {config.warmup_steps:,} steps"] if config.warmup_steps else []

@@ -138,7 +138,7 @@ def plot_curve(metrics_path: Path, out_path: Path) -> None:
         ax.plot(*zip(*train), color="tab:blue", label="training loss")
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (L1)", color="tab:blue")
+    ax.set_ylabel("training loss", color="tab:blue")
     if val:
         twin = ax.twinx()
         twin.plot(*zip(*val), "o-", color="tab:red", label="validation PSNR")
