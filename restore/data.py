@@ -50,7 +50,6 @@ import math
 import multiprocessing
 import os
 import random
-import re
 import signal
 import tarfile
 import time
@@ -67,7 +66,7 @@ import torch
 import webdataset as wds
 from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import base_plus_ext, tarfile_samples
+from webdataset.tariterators import tarfile_samples
 
 from pipeline import shard_cache
 from pipeline.sample_format import (
@@ -570,49 +569,6 @@ class StreamConfig:
     dataset_weights: Mapping[str, float] | None = None
 
 
-# A URL scheme (http:, pipe:, s3:, file: ...): what webdataset's opener reads; anything else is a path.
-_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
-
-
-def shard_records(sources: Iterator[dict[str, str]], handler: SkipCounter) -> Iterator[dict[str, Any]]:
-    """webdataset's ``tarfile_samples``: the records of each ``{"url": ...}`` tar in turn, errors
-    passed to ``handler``. Tars on a local path are read with tarfile's random access instead of
-    webdataset's streaming reader, the same records in the same order: its stream layer cost
-    ~0.2 ms a record, a tenth of what a training example costs (bench/RESULTS.md)."""
-    for source in sources:
-        if _SCHEME.match(source["url"]):
-            yield from tarfile_samples([source], handler=handler)
-        else:
-            yield from _local_tar_records(source["url"], handler)
-
-
-def _local_tar_records(path: str, handler: SkipCounter) -> Iterator[dict[str, Any]]:
-    # Grouped as webdataset groups: a record per run of members sharing the name before the first
-    # dot, extensions lower-cased; a tar that breaks off keeps the records read before the break
-    # (its last one possibly partial, for decode_sample to refuse).
-    record: dict[str, Any] | None = None
-    try:
-        with open(path, "rb", buffering=1 << 20) as file, tarfile.open(fileobj=file, mode="r:") as tar:
-            for info in tar:
-                key, extension = base_plus_ext(info.name)
-                if not info.isreg() or key is None or info.name.startswith("__"):
-                    continue
-                if record is None or key != record["__key__"]:
-                    if record is not None:
-                        yield record
-                    record = {"__key__": key, "__url__": path}
-                extension = extension.lower()
-                if extension in record:
-                    handler(ValueError(f"{path}: {info.name}: a second member {extension!r} for {key}"))
-                    continue
-                record[extension] = tar.extractfile(info).read()
-    except (OSError, EOFError, tarfile.TarError) as e:
-        if not handler(ValueError(f"{path}: cannot read the tar: {e}")):
-            raise
-    if record is not None:
-        yield record
-
-
 def _split_of(record: dict[str, Any]) -> str | None:
     try:
         return json.loads(record[META]).get("split")
@@ -679,7 +635,7 @@ class TrainStream(IterableDataset):
         """(example, raw records read so far) from this epoch's shard records, past ``start_raw``."""
         c = self.config
         rng = random.Random(epoch_seed)
-        records = shard_records(self._shards(logical, rng), handler=skips)
+        records = tarfile_samples(self._shards(logical, rng), handler=skips)
         records = wds.shuffle(c.shuffle_buffer, min(c.shuffle_buffer, 64), rng=rng)(iter(records))
         raw = other_split = 0
         for record in records:
@@ -808,7 +764,7 @@ def read_samples(urls: tuple[str, ...] | list[str], split: str | None = None, li
     """Decoded samples of the shards, in order, once (validation, evaluation): bad ones skipped."""
     skips = skips or SkipCounter("reader")
     count = 0
-    for record in shard_records(({"url": u} for u in urls), handler=skips):
+    for record in tarfile_samples(({"url": u} for u in urls), handler=skips):
         if split is not None and _split_of(record) not in (split, None):
             continue
         try:

@@ -7,15 +7,12 @@ index.json) for the trainer, evaluation and inference tests too.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from webdataset.tariterators import tarfile_samples
 
 from pipeline import shards as shard_files
 from pipeline.degrade import apply
@@ -173,31 +170,6 @@ def test_corrupt_samples_and_a_truncated_shard_are_skipped_and_counted(tmp_path,
         keys = [s.key for s in data.read_samples([str(folder / "000001.tar")], skips=counter)]
     assert keys == [k for k in sorted(records) if k != bad_key] and counter.count == 1
     assert bad_key in caplog.records[0].getMessage() and "lq.png" in caplog.records[0].getMessage()
-
-
-def test_local_tars_give_the_records_webdataset_gives(tmp_path):
-    index = write_shards(tmp_path / "set", shards=2, per_shard=3)
-    folder = index.parent
-    # A directory member and an upper-case extension.
-    records = list(shard_files.read_records(folder / "000000.tar").values())
-    with tarfile.open(folder / "odd.tar", "w") as tar:
-        tar.addfile(tarfile.TarInfo("adir"))
-        tar.getmembers()[-1].type = tarfile.DIRTYPE
-        for record in records:
-            for member, value in record.items():
-                if member != "__key__":
-                    info = tarfile.TarInfo(f"{record['__key__']}.{member.upper() if member == 'lq.png' else member}")
-                    info.size = len(value)
-                    tar.addfile(info, io.BytesIO(value))
-    whole = (folder / "000001.tar").read_bytes()
-    (folder / "cut.tar").write_bytes(whole[: len(whole) // 2])  # breaks off inside a record
-    for name, errors in (("000000.tar", 0), ("odd.tar", 0), ("cut.tar", 1)):
-        url = str(folder / name)
-        ours, theirs = data.SkipCounter("ours"), data.SkipCounter("theirs")
-        expected = list(tarfile_samples([{"url": url}], handler=theirs))
-        assert expected and list(data.shard_records(iter([{"url": url}]), ours)) == expected
-        # One skip for the tar that breaks off (webdataset's reader counts that error twice).
-        assert ours.count == errors <= theirs.count
 
 
 def test_data_that_is_all_bad_stops_with_a_reason(tmp_path):
