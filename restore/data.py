@@ -329,10 +329,10 @@ def trim_tokens(examples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndar
     one position), in place.
 
     The rows past a text's length are padding (zeros, or an encoder's states at its padding
-    positions) that the model masks out (zero attention weight), so the cut changes no output. An analysis sentence is about 10-20 of the 77
-    positions, and the caption of a preset without a captioner none: at batch 8 and 384-wide
-    tokens the full arrays were 1.9 of a batch's 3.2 MB, stacked, handed from the loader worker to
-    the trainer and attended over for nothing."""
+    positions) that the model masks out (zero attention weight), so the cut changes no output.
+    An analysis sentence is about 10-20 of the 77 positions, and the caption of a preset without
+    a captioner none: at batch 8 and 384-wide tokens the full arrays were 1.9 of a batch's 3.2 MB,
+    stacked, handed from the loader worker to the trainer and attended over for nothing."""
     for text in ("degradation", "caption"):
         longest = max(1, max(int(e[f"{text}_mask"].sum()) for e in examples))
         for e in examples:

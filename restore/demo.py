@@ -12,7 +12,8 @@ shipped in the package (``restore.checkpoint.SHIPPED``) → a short report. Ever
 ``--out``.
 
 The short run demonstrates training; it is not a useful restorer. The shipped checkpoint is the
-one trained for about 90 minutes on two CPU cores on the same kind of priors (``restore/recipes/lmdir_cpu.yaml``).
+one trained for about 90 minutes on two CPU cores on the same kind of priors
+(``restore/recipes/lmdir_cpu.yaml``).
 """
 
 from __future__ import annotations

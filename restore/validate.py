@@ -136,7 +136,8 @@ def plot_curve(metrics_path: Path, out_path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), color="tab:blue", label="training loss")
-        ax.set_yscale("log")
+        if min(loss for _, loss in train) > 0:  # the PSNR loss is negative: linear then
+            ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss", color="tab:blue")
     if val:
