@@ -66,25 +66,10 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "inpainting": ("missing region", "missing regions", "masked", "holes", "occluded", "incomplete"),
 }
 
-# What users type to ask for each restoration, InstructIR-style. Training shows the restorer these
-# in place of the analysis's sentence now and then, so typed guidance works; the sentence encoder
-# places unseen wordings near them. HELD_OUT_INSTRUCTIONS never enter training: they measure how
-# well guidance by words the model has not seen matches automatic restoration.
-INSTRUCTIONS: dict[str, tuple[str, ...]] = {
-    "noise": ("remove the noise", "denoise this image", "get rid of the grain", "clean up this noisy photo",
-              "reduce the noise please", "this picture is grainy, fix it"),
-    "blur": ("deblur this photo", "make it sharp", "remove the blur", "fix this blurry picture",
-             "sharpen the image", "undo the camera shake"),
-    "jpeg": ("remove the compression artifacts", "fix the blocky jpeg", "clean up the jpeg artifacts",
-             "undo the compression", "remove the blockiness"),
-    "low-light": ("brighten this dark photo", "make it brighter", "fix the underexposure",
-                  "the image is too dark, enhance it", "lighten the picture"),
-    "haze": ("remove the haze", "dehaze this image", "clear the fog", "make the hazy scene clear",
-             "remove the mist"),
-    "rain": ("remove the rain", "derain this photo", "get rid of the rain streaks",
-             "clear the rain from the picture"),
-    "snow": ("remove the snow", "get rid of the snowflakes", "desnow this image", "clear the falling snow"),
-}
+# What a user might type to ask for each restoration, in wordings unlike the vocabulary's own:
+# bench.peers guides the restorer with them. A user's words only choose the types
+# (restore.priors_online), so these measure how well guidance by words works; training never
+# reads them.
 HELD_OUT_INSTRUCTIONS: dict[str, str] = {
     "noise": "my photo has speckles all over it, please smooth them away",
     "blur": "the shot came out soft and smeared, bring back crisp edges",

@@ -61,6 +61,7 @@ from restore.priors_online import (
     OnlinePriors,
     UserPriors,
     load_or_analysis_only,
+    named_types,
     unused_words_note,
 )
 from restore.validate import to_uint8
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     note = unused_words_note(user.degradation)
     if note:
         print(f"note: --degradation: {note}")
+    elif user.degradation:
+        print(f"--degradation {user.degradation!r}: restoring {', '.join(named_types(user))}, each image's "
+              f"strength of it measured by the analysis")
     failures: list[Failure] = []
     try:
         written = restore_images(args.checkpoint, args.images, args.out, user, args.tile, args.side_by_side,

@@ -6,9 +6,9 @@ light, rain, snow and their mixtures). A crop is cut from a clean photo, flipped
 degraded, so rain stays near vertical as it falls in real photos. Its priors are then computed
 from the degraded crop by the same code inference uses (``restore.priors_online``): the
 weight-free analysis, its sentence and the sentence's tokens — never noise or random text. With
-probability ``instruction_rate`` the degradation text is instead a user's instruction for the true
-types (``vocabulary.INSTRUCTIONS``) followed by the analysis's measured sentence for those types,
-as ``restore.infer --degradation`` gives it (``priors_online.guided_text``).
+probability ``instruction_rate`` the crop is instead guided as a user naming its true types
+guides ``restore.infer --degradation``: the analysis's sentence for those types and a degradation
+vector of them (``priors_online``), so the restorer learns to follow types the analysis missed.
 
 Everything is a pure function of the seed it is given: the photo, the crop, the degradation and
 the text. Photos are split into training and validation by a hash of their name, so the split
@@ -38,7 +38,7 @@ class SynthesisConfig:
     photos: tuple[str, ...] = ()  # folders of clean photos (train/CBSD365, DIV2K, your own)
     tasks: dict[str, float] = field(default_factory=dict)  # degradation spec -> relative weight
     kernels: str = ""  # npz of blur kernels for kernel-blur specs (never a test set's kernels)
-    instruction_rate: float = 0.0  # share of samples whose degradation text is a user's instruction
+    instruction_rate: float = 0.0  # share of samples guided by their true types, as a user's words guide
     prior_preset: str = "offline"  # how the priors of a degraded crop are computed
     # The degradation is drawn and the priors measured on a window of this many pixels around the
     # training crop: the analysis needs more than a small crop to tell rain from texture (at
@@ -85,13 +85,6 @@ def task_of(spec: str) -> str:
     return vocabulary.task_for(degrade.types_of(spec))
 
 
-def instruction(types: list[str], rng: np.random.Generator) -> str:
-    """A user's instruction for ``types``, one phrase per type, drawn from the training wordings."""
-    phrases = [vocabulary.INSTRUCTIONS[t][int(rng.integers(len(vocabulary.INSTRUCTIONS[t])))]
-               for t in types if t in vocabulary.INSTRUCTIONS]
-    return " and ".join(phrases)
-
-
 class Synthesizer:
     """Makes degraded crops with their priors; one per DataLoader worker (models load once)."""
 
@@ -130,9 +123,7 @@ class Synthesizer:
         clean = augment(random_crop(clean, max(crop, self.config.analysis_window), rng), rng)
         lq, applied = degrade.apply(clean, spec, int(rng.integers(2**31)), self.config.kernels)
         types = degrade.types_of(spec)
-        user = UserPriors()
-        if rng.random() < self.config.instruction_rate:
-            user = UserPriors(degradation=instruction(types, rng), types=tuple(types))
+        user = UserPriors(types=tuple(types)) if rng.random() < self.config.instruction_rate else UserPriors()
         sample = self.priors.sample(f"synth-{seed}", lq, user=user, gt=clean, dataset="synthetic",
                                     split="train", task=task_of(spec))
         sample.meta.degradations = applied

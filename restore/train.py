@@ -61,7 +61,6 @@ from restore.priors_online import OnlinePriors
 from restore.synthesis import SynthesisConfig, list_photos, validation_samples
 from restore.validate import autocast, plot_curve, validate
 
-
 PIXEL_LOSSES = ("l1", "psnr")
 
 

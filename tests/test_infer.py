@@ -4,6 +4,7 @@ the shipped checkpoint, and batches holding files that cannot be restored."""
 from __future__ import annotations
 
 import io
+import re
 
 import cv2
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline import vocabulary
 from pipeline.image_files import MAX_PIXELS, load_rgb, save_png
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore import checkpoint, export, infer
@@ -64,9 +66,9 @@ def test_user_degradation_text_sets_tokens_and_vector_with_the_tiny_models(photo
     assert len(written) == 1 and written[0].is_file()
     pixels = load_rgb(photos[0]).pixels
     stated = priors.sample("k", pixels, user=user)
-    # The words, then the measured sentence of the types they name: how dark, how noisy.
-    words, measured = stated.meta.degradation_text.split("; ")
-    assert words == user.degradation and stated.meta.caption == user.caption
+    # The measured sentence of the types the words name: how dark, how noisy.
+    measured = stated.meta.degradation_text
+    assert user.degradation not in measured and stated.meta.caption == user.caption
     assert "low light (mean luminance" in measured and "noise (σ≈" in measured
     assert stated.ref is None and stated.embeddings["degradation_length"] > 2
     vector = stated.meta.analysis["vector"]
@@ -108,8 +110,9 @@ def test_without_checkpoint_the_shipped_one_is_used_with_its_prior_preset_and_th
     monkeypatch.setattr(checkpoint, "SHIPPED", shipped_like)
     assert infer.main([photos[0], "--out", str(tmp_path / "out"), "--degradation", "remove the rain"]) == 0
     out = capsys.readouterr().out
-    # The user's words, then the analysis's measurement of the type they name.
-    assert "priors offline: 'remove the rain; " in out and "rain streaks" in out and "'rain'" in out
+    # The words choose the type; the restorer reads the analysis's measurement of it.
+    assert "--degradation 'remove the rain': restoring rain," in out
+    assert re.search(r"priors offline: '(mild|moderate|heavy) rain streaks', types \[[^]]*'rain'", out), out
     assert load_rgb(str(tmp_path / "out" / "dark0.png")).pixels.shape == (40, 40, 3)
     assert out.strip().endswith("restored 1 of 1 images into " + str(tmp_path / "out"))
 
@@ -126,6 +129,17 @@ def test_words_that_name_no_known_type_restore_from_the_analysis_and_say_so(
     assert guided.meta.degradation_text == automatic.meta.degradation_text
     assert guided.meta.analysis["vector"] == automatic.meta.analysis["vector"]
     assert np.array_equal(guided.embeddings["degradation_tokens"], automatic.embeddings["degradation_tokens"])
+
+
+def test_wordings_that_name_the_same_type_give_the_same_priors(photos):
+    priors = OnlinePriors("offline")
+    pixels = load_rgb(photos[0]).pixels
+    plain, paraphrase = (priors.sample("k", pixels, user=UserPriors(degradation=words))
+                         for words in ("remove the rain", "water streaks from the storm cover the scene"))
+    assert plain.meta.degradation_text == paraphrase.meta.degradation_text
+    assert "rain streaks" in plain.meta.degradation_text and "storm" not in plain.meta.degradation_text
+    assert plain.meta.analysis["vector"] == paraphrase.meta.analysis["vector"] == vocabulary.one_hot(["rain"])
+    assert np.array_equal(plain.embeddings["degradation_tokens"], paraphrase.embeddings["degradation_tokens"])
 
 
 def test_a_missing_shipped_checkpoint_is_one_clear_line(photos, tmp_path, monkeypatch, capsys):
