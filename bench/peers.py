@@ -405,8 +405,9 @@ def notes_for(args: argparse.Namespace, sets: list[BenchSet], bm3d_files: dict[s
         notes.append(
             f"lmdir: {args.checkpoint}; priors preset {args.priors!r}; no reference image. 'No priors': every "
             "prior absent (the learned null tokens). 'Typed text': the set type's held-out instruction, never "
-            "seen in training, as restore.infer --degradation takes it (the words, then the analysis's sentence "
-            "for the types they name; words naming no known type restore from the analysis alone, marked †): "
+            "seen in training, as restore.infer --degradation takes it (the words choose the types; the restorer "
+            "reads the analysis's sentence for them; words naming no known type restore from the analysis "
+            "alone, marked †): "
             + "; ".join(f'{t}: "{vocabulary.HELD_OUT_INSTRUCTIONS[t]}"'
                         + ("" if vocabulary.text_to_types(vocabulary.HELD_OUT_INSTRUCTIONS[t]) else " †")
                         for t in types) + ".")
