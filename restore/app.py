@@ -53,7 +53,7 @@ class Restoration:
 
     loaded: LoadedImage
     analysis: dict
-    text: str  # the degradation text the restorer was given (analysis sentence or the user's)
+    text: str  # the degradation text the restorer was given (for all of the analysis's types or the user's)
     restored: np.ndarray
 
 

