@@ -53,7 +53,9 @@ class Restoration:
 
     loaded: LoadedImage
     analysis: dict
-    text: str  # the degradation text the restorer was given (for all of the analysis's types or the user's)
+    # The degradation text the restorer was given: the analysis's sentence, for its own types or
+    # for those the user's words name.
+    text: str
     restored: np.ndarray
 
 

@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if note:
         print(f"note: --degradation: {note}")
     elif user.degradation:
-        print(f"--degradation {user.degradation!r}: restoring {', '.join(named_types(user))}, each image's "
-              f"strength of it measured by the analysis")
+        types = named_types(user)
+        print(f"--degradation {user.degradation!r} names {', '.join(types)}: the restorer reads the "
+              f"analysis's measurement of {'it' if len(types) == 1 else 'each'} on every image")
     failures: list[Failure] = []
     try:
         written = restore_images(args.checkpoint, args.images, args.out, user, args.tile, args.side_by_side,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -138,8 +139,8 @@ def test_typed_text_guides_the_restoration(page, shared_data):
     page.fill("#guide textarea", "get rid of the streaks of rain")
     page.click("#restore")
     page.wait_for_selector("#download a", timeout=180_000)
-    assert "as: get rid of the streaks of rain" in page.inner_text("#status")
-    assert "Restored as: get rid of the streaks of rain" in page.inner_text("#analysis")
+    # The words chose rain; the restorer read the analysis's measurement of it, not the words.
+    assert re.search(r"as: (mild|moderate|heavy) rain streaks", page.inner_text("#status")), page.inner_text("#status")
     assert "Note:" not in page.inner_text("#status")
     # Words that name no known degradation are not used, and the page says so.
     page.fill("#guide textarea", "please make it look nicer")

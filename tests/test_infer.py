@@ -111,7 +111,7 @@ def test_without_checkpoint_the_shipped_one_is_used_with_its_prior_preset_and_th
     assert infer.main([photos[0], "--out", str(tmp_path / "out"), "--degradation", "remove the rain"]) == 0
     out = capsys.readouterr().out
     # The words choose the type; the restorer reads the analysis's measurement of it.
-    assert "--degradation 'remove the rain': restoring rain," in out
+    assert "--degradation 'remove the rain' names rain: the restorer reads the analysis's measurement" in out
     assert re.search(r"priors offline: '(mild|moderate|heavy) rain streaks', types \[[^]]*'rain'", out), out
     assert load_rgb(str(tmp_path / "out" / "dark0.png")).pixels.shape == (40, 40, 3)
     assert out.strip().endswith("restored 1 of 1 images into " + str(tmp_path / "out"))
