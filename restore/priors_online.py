@@ -21,7 +21,7 @@ priors. The words' own tokens are not given to the restorer. Read before the sen
 changed the encoder's contextual states of the whole text, and a wording the restorer had not
 seen in training moved low-light restorations by up to ±2 dB an image and 0.39 dB below
 automatic on average over Kodak24 (haze +0.40, rain +0.92 / −0.02); reading the named types'
-sentence alone: low light ±0.00, haze +0.15, rain +1.01 / +0.06 (docs/model_card.md). Words that
+sentence alone: low light ±0.00, haze +0.15, rain +1.02 / +0.06 (docs/model_card.md). Words that
 name no type the vocabulary knows change nothing: the restorer restores from the analysis alone,
 and ``restore.infer`` says so.
 """
