@@ -46,8 +46,11 @@ from pipeline.image_files import sha256_file
 from pipeline.models import mllm_vllm, presets
 from pipeline.shard_assembly import STAGE_NAMES
 
-# Assembling a shard only copies bytes from its parts into its tar.
-ASSEMBLY_CPUS = 0.25
+# The tasks that read manifest rows, write parts and assemble shards only move bytes, yet each
+# reserves a whole CPU: every task running at once needs a worker process of its own, and at a
+# quarter CPU each a 2-core machine started four more processes (about a second of CPU apiece)
+# while the stage actors were importing torch; the actors took 7.4–8.5 s to build instead of 5.5.
+TASK_CPUS = 1.0
 # The step that runs a chain of CPU-only stages (chain_cpu_steps), and its entry in config.stages.
 CHAIN = "cpu"
 
@@ -93,11 +96,11 @@ def plan_work(num_rows: int, out: Path, samples_per_shard: int, retry_failed: bo
 _MANIFESTS: dict[str, pq.ParquetFile] = {}
 
 
-def read_shard_rows(batch: dict[str, Any], manifest_path: str) -> pa.Table:
-    """Ray Data stage: the manifest rows of each shard descriptor, with their shard id.
+def read_shard_rows(block: dict[str, Any], manifest_path: str) -> list[dict[str, Any]]:
+    """Ray Data stage: the manifest rows of one block descriptor, with their shard id.
 
     Workers read the rows, so the driver never holds the manifest: only the row groups covering
-    a shard's range are read. Nulls would reach the stages as NaN in numpy batches: they carry ""
+    the block's range are read. Nulls would reach the stages as NaN in numpy batches: they carry ""
     and -1 instead (undone when the record is written). Relative image paths are resolved against
     the manifest's folder.
     """
@@ -108,23 +111,21 @@ def read_shard_rows(batch: dict[str, Any], manifest_path: str) -> pa.Table:
     bounds = [0]
     for g in range(meta.num_row_groups):
         bounds.append(bounds[-1] + meta.row_group(g).num_rows)
-    tables = []
-    for shard, start, stop, only in zip(batch["shard"], batch["start"], batch["stop"], batch["only_keys"]):
-        start, stop = int(start), int(stop)
-        groups = [g for g in range(meta.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
-        table = parquet.read_row_groups(groups, columns=manifest.SCHEMA.names)
-        table = table.slice(start - bounds[groups[0]], stop - start)
-        if only:
-            table = table.filter(pc.is_in(table["key"], pa.array(json.loads(only), pa.string())))
-        tables.append(table.append_column("shard", pa.array([int(shard)] * table.num_rows, pa.int32())))
-    table = pa.concat_tables(tables).to_pylist()
+    start, stop = int(block["start"]), int(block["stop"])
+    groups = [g for g in range(meta.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
+    table = parquet.read_row_groups(groups, columns=manifest.SCHEMA.names)
+    table = table.slice(start - bounds[groups[0]], stop - start)
+    if block["only_keys"]:
+        table = table.filter(pc.is_in(table["key"], pa.array(json.loads(block["only_keys"]), pa.string())))
+    rows = table.to_pylist()
     root = Path(manifest_path).resolve().parent
-    for row in table:
+    for row in rows:
+        row["shard"] = int(block["shard"])
         row["lq_uri"] = manifest.resolve_uri(row["lq_uri"], root)
         row["gt_uri"] = manifest.resolve_uri(row["gt_uri"], root) if row["gt_uri"] else ""
         row["gt_sha256"] = row["gt_sha256"] or ""
         row["seed"] = -1 if row["seed"] is None else row["seed"]
-    return pa.Table.from_pylist(table)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,11 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
     # One descriptor per block, in shard order: shards are read, processed and completed roughly in
     # order, so a run that stops early leaves whole shards behind rather than fragments of all.
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
-    ds = ds.map_batches(read_shard_rows, fn_kwargs={"manifest_path": manifest_path}, batch_size=1,
-                        batch_format="numpy", num_cpus=config.stages.decode.num_cpus)
+    # A flat_map, not map_batches: Ray Data fuses a map_batches into the next stage and then bundles
+    # that stage's batch size in *descriptors* (16 descriptors of 32 rows: one task of 512 rows,
+    # run by one actor while the others idle). A flat_map that changes the row count is not fused
+    # into a stage that asks for a batch size, so the stages bundle manifest rows.
+    ds = ds.flat_map(read_shard_rows, fn_kwargs={"manifest_path": manifest_path}, num_cpus=TASK_CPUS)
     # Ray Data's high-memory note ("Operator ... uses N of memory per worker ... consider setting
     # memory=...") fires for any actor above ~2.6 GiB per CPU it reserves: with a quarter CPU per
     # stage every model actor passes that, as it must to hold its weights, and `memory=` is no
@@ -267,8 +271,7 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
             ds = run(ds, step.fn, resources, step.actor, **step.kwargs)
     # The parts are written where the rows are; only status rows go on to the driver.
     return ds.map_batches(shard_assembly.write_parts, fn_kwargs={"out": str(out), "config_hash": config_hash},
-                          batch_size=config.stages.decode.batch_size, batch_format="numpy",
-                          num_cpus=config.stages.decode.num_cpus)
+                          batch_size=config.stages.decode.batch_size, batch_format="numpy", num_cpus=TASK_CPUS)
 
 
 @dataclass
@@ -346,7 +349,8 @@ def _check_installed(config: ExtractConfig) -> None:
     text = models.text
     if text is None:
         return
-    from pipeline.models.text_encoder import resolve_folder
+    # From sources, not the encoder's module: that one imports torch, which the driver never needs.
+    from pipeline.models.sources import resolve_folder
 
     try:
         resolve_folder(text.model)
@@ -410,7 +414,7 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
     if work:
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus if not address else None, log_to_driver=False)
-        assemble = ray.remote(num_cpus=ASSEMBLY_CPUS)(shard_assembly.assemble)
+        assemble = ray.remote(num_cpus=TASK_CPUS)(shard_assembly.assemble)
         writers = writer_nodes()
         by_shard = {w.shard: w for w in work}
         remaining = {w.shard: w.rows for w in work}

@@ -203,8 +203,8 @@ def test_a_chain_gives_each_stage_its_own_batch_size_and_the_rows_it_would_get_a
                                  preset="offline")
     steps = extract.stage_plan(config, config.resolved_models())[:3]  # decode, analysis, the analysis's text
     assert [s.name for s in steps] == ["decode", "analysis", "describer"]
-    table = extract.read_shard_rows({"shard": [0], "start": [0], "stop": [7], "only_keys": [""]}, rain_manifest)
-    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+    rows = extract.read_shard_rows({"shard": 0, "start": 0, "stop": 7, "only_keys": ""}, rain_manifest)
+    batch = {c: np.array([r[c] for r in rows]) for c in rows[0]}
 
     seen: list[tuple[str, int]] = []
 
@@ -240,6 +240,39 @@ def test_chained_and_pooled_stages_write_the_same_shard_bytes(tmp_path, rain_man
     assert len(tars) == 3 and tars == sorted(p.name for p in (tmp_path / "false").glob("*.tar"))
     for name in tars:
         assert (tmp_path / "true" / name).read_bytes() == (tmp_path / "false" / name).read_bytes(), name
+
+
+def test_the_chain_actors_share_a_runs_blocks(tmp_path, rain_manifest, ray_local):
+    # Two blocks of 4 rows and a chain that asks for 4 rows a task: each block is its own task.
+    # Were the manifest reading fused into the chain, Ray Data would bundle 4 *blocks* a task, and
+    # one actor would take both while the other idled.
+    class MeetThenCount:
+        """A pass-through stage whose actors wait for each other to exist, then log each batch and
+        hold it a second: a block that arrives meanwhile finds this actor busy."""
+
+        def __init__(self, folder: str):
+            self.folder = Path(folder)
+            (self.folder / f"actor-{os.getpid()}").touch()
+            deadline = time.time() + 120
+            while len(list(self.folder.glob("actor-*"))) < 2 and time.time() < deadline:
+                time.sleep(0.05)
+
+        def __call__(self, batch: dict) -> dict:
+            with open(self.folder / f"rows-{os.getpid()}", "a") as f:
+                f.write(f"{len(batch['key'])}\n")
+            time.sleep(1.0)
+            return batch
+
+    config = extract_config.load(None, {"rows_per_block": "4", "stages.cpu.batch_size": "4",
+                                        "stages.cpu.concurrency": "2"}, preset="analysis-only", samples_per_shard=8)
+    log = tmp_path / "log"
+    log.mkdir()
+    steps = [*extract.stage_plan(config, config.resolved_models()),
+             extract.Step("clip", MeetThenCount, True, {"folder": str(log)})]
+    index = extract.extract(rain_manifest, str(tmp_path / "out"), config, steps=steps)
+    assert (index["samples"], index["failed"]) == (8, 0)
+    rows = {p.name: sum(int(n) for n in p.read_text().split()) for p in log.glob("rows-*")}
+    assert len(rows) == 2 and sum(rows.values()) == 8, rows
 
 
 def _settled_count(folder: Path, pattern: str, quiet_s: float = 3.0) -> int:

@@ -8,24 +8,32 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# torch is imported inside the functions that place a model, not here: the extraction driver reads
+# the hub settings below and never runs a model, and importing torch costs it over a second.
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 
 def pick_device() -> torch.device:
     """The first visible CUDA device when there is one (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """``"auto"`` is bf16 on a GPU and fp32 on the CPU (CPU bf16 matmuls are slow and lossy)."""
+    import torch
+
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use 'auto' or one of {sorted(_DTYPES)}")
-    return _DTYPES[name]
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; use 'auto' or one of {sorted(DTYPE_NAMES)}")
+    return getattr(torch, name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -23,7 +23,6 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.models import tiny
 from pipeline.models.device import hub_offline
 from pipeline.models.presets import PACKAGE_SCHEME, TINY_SCHEME, ClipSettings, Preset
 
@@ -56,6 +55,8 @@ def hub_commit(repo_id: str, revision: str | None, probe_file: str) -> str | Non
 
 def tiny_commit() -> str:
     """The id of the tiny models' exact weights (one build holds them all)."""
+    from pipeline.models import tiny  # imports torch: only runs that use the tiny models pay for it
+
     return f"tiny-sha256:{tiny.fingerprint()}"
 
 
@@ -140,9 +141,24 @@ def local_fingerprint(path: Path) -> str:
     return f"local-sha256:{digest.hexdigest()}"
 
 
+def resolve_folder(model: str) -> str:
+    """The local folder or Hub id ``from_pretrained`` should read for ``model`` (a ``package://``
+    model becomes the folder inside its installed package)."""
+    if not model.startswith(PACKAGE_SCHEME):
+        return model
+    module, _, inner = model[len(PACKAGE_SCHEME):].partition("/")
+    try:
+        folder = package_path(module, inner)
+    except FileNotFoundError as e:
+        raise OSError(f"text encoder {model!r}: {e}") from e
+    return str(folder)
+
+
 def model_commit(name: str, revision: str | None) -> str | None:
     """What a transformers or diffusers load of ``name`` at ``revision`` will read (module docstring)."""
     if name.startswith(TINY_SCHEME):
+        from pipeline.models import tiny
+
         tiny.resolve(name)  # the fingerprint is of the build: make sure there is one
         return tiny_commit()
     if name.startswith(PACKAGE_SCHEME):

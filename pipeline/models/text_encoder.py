@@ -26,23 +26,11 @@ import torch
 
 from pipeline.models.device import hub_kwargs
 from pipeline.models.presets import PACKAGE_SCHEME, TextEncoderSettings
-from pipeline.models.sources import describe_source, package_path, package_source
+from pipeline.models.sources import describe_source, package_source, resolve_folder
 from pipeline.sample_format import TOKEN_POSITIONS
 
 # Sentences repeat (the analysis speaks a small vocabulary): remember this many per process.
 CACHE_SIZE = 4096
-
-
-def resolve_folder(model: str) -> str:
-    """The local folder or Hub id ``from_pretrained`` should read for ``model``."""
-    if not model.startswith(PACKAGE_SCHEME):
-        return model
-    module, _, inner = model[len(PACKAGE_SCHEME):].partition("/")
-    try:
-        folder = package_path(module, inner)
-    except FileNotFoundError as e:
-        raise OSError(f"text encoder {model!r}: {e}") from e
-    return str(folder)
 
 
 class TextEncoder:
