@@ -46,11 +46,6 @@ from pipeline.image_files import sha256_file
 from pipeline.models import mllm_vllm, presets
 from pipeline.shard_assembly import STAGE_NAMES
 
-# The tasks that read manifest rows, write parts and assemble shards only move bytes, yet each
-# reserves a whole CPU: every task running at once needs a worker process of its own, and at a
-# quarter CPU each a 2-core machine started four more processes (about a second of CPU apiece)
-# while the stage actors were importing torch; the actors took 7.4–8.5 s to build instead of 5.5.
-TASK_CPUS = 1.0
 # The step that runs a chain of CPU-only stages (chain_cpu_steps), and its entry in config.stages.
 CHAIN = "cpu"
 
@@ -96,8 +91,9 @@ def plan_work(num_rows: int, out: Path, samples_per_shard: int, retry_failed: bo
 _MANIFESTS: dict[str, pq.ParquetFile] = {}
 
 
-def read_shard_rows(block: dict[str, Any], manifest_path: str) -> list[dict[str, Any]]:
-    """Ray Data stage: the manifest rows of one block descriptor, with their shard id.
+def read_shard_rows(descriptor: dict[str, Any], manifest_path: str) -> list[dict[str, Any]]:
+    """Ray Data stage: the manifest rows of one block descriptor (``block_descriptors``), with their
+    shard id.
 
     Workers read the rows, so the driver never holds the manifest: only the row groups covering
     the block's range are read. Nulls would reach the stages as NaN in numpy batches: they carry ""
@@ -111,21 +107,29 @@ def read_shard_rows(block: dict[str, Any], manifest_path: str) -> list[dict[str,
     bounds = [0]
     for g in range(meta.num_row_groups):
         bounds.append(bounds[-1] + meta.row_group(g).num_rows)
-    start, stop = int(block["start"]), int(block["stop"])
+    start, stop = int(descriptor["start"]), int(descriptor["stop"])
     groups = [g for g in range(meta.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
     table = parquet.read_row_groups(groups, columns=manifest.SCHEMA.names)
     table = table.slice(start - bounds[groups[0]], stop - start)
-    if block["only_keys"]:
-        table = table.filter(pc.is_in(table["key"], pa.array(json.loads(block["only_keys"]), pa.string())))
+    if descriptor["only_keys"]:
+        table = table.filter(pc.is_in(table["key"], pa.array(json.loads(descriptor["only_keys"]), pa.string())))
     rows = table.to_pylist()
     root = Path(manifest_path).resolve().parent
     for row in rows:
-        row["shard"] = int(block["shard"])
+        row["shard"] = int(descriptor["shard"])
         row["lq_uri"] = manifest.resolve_uri(row["lq_uri"], root)
         row["gt_uri"] = manifest.resolve_uri(row["gt_uri"], root) if row["gt_uri"] else ""
         row["gt_sha256"] = row["gt_sha256"] or ""
         row["seed"] = -1 if row["seed"] is None else row["seed"]
     return rows
+
+
+def read_descriptor_rows(batch: dict[str, Any], manifest_path: str) -> pa.Table:
+    """``read_shard_rows`` over a numpy batch of descriptors, as a table (for ``map_batches``)."""
+    rows = []
+    for i in range(len(batch["shard"])):
+        rows += read_shard_rows({k: v[i] for k, v in batch.items()}, manifest_path)
+    return pa.Table.from_pylist(rows)
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,38 @@ def chain_cpu_steps(steps: list[Step], config: ExtractConfig) -> list[Step]:
     return out
 
 
+def pools(steps: list[Step], config: ExtractConfig) -> list[Step]:
+    """The steps as Ray Data runs them: consecutive CPU-only stages as one chain when
+    ``config.chain_cpu_stages`` is on."""
+    return chain_cpu_steps(steps, config) if config.chain_cpu_stages else steps
+
+
+def joins_io(step: Step) -> bool:
+    """Whether the manifest reading before ``step`` or the writing after it runs inside its tasks:
+    it is a plain function, which Ray Data fuses with its neighbours of the same CPUs."""
+    return not (step.actor or step.on_dataset)
+
+
+def io_task_cpus(node_cpus: list[float], steps: list[Step], config: ExtractConfig) -> float:
+    """CPUs reserved by each task that reads manifest rows, writes parts or assembles a shard on
+    its own (not inside a plain stage's tasks: ``joins_io``).
+
+    These tasks only move bytes, but every one running at once needs a worker process of its own:
+    at a quarter CPU each, a 2-core machine started four more processes (about a second of CPU
+    apiece) while the stage actors imported torch, and the actors took 7.4–8.5 s to build instead
+    of 5.5. So beside actor pools a task takes a whole CPU, where the largest node keeps one free
+    beside every actor at its pool's largest size (a task that can never be placed would stall the
+    run for good). Without actor pools, or without room, it takes the decode stage's share, as the
+    plain stages do: among quarter-CPU tasks a whole-CPU one waits for four to end (assembling
+    100k light rows took 191 s instead of 112)."""
+    held = 0.0
+    for step in pools(steps, config):
+        if not joins_io(step):
+            res = getattr(config.stages, step.name)
+            held += res.num_cpus * (res.max_concurrency or res.concurrency)
+    return 1.0 if held and max(node_cpus, default=0.0) - held >= 1.0 else config.stages.decode.num_cpus
+
+
 def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     """The stages a preset runs, in order: components a preset leaves out are skipped (no MLLM:
     the analysis's sentence is the degradation text; no diffusion: no reference)."""
@@ -232,7 +268,7 @@ def block_descriptors(work: list[ShardWork], rows_per_block: int) -> list[dict[s
 
 
 def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: ExtractConfig, config_hash: str,
-                  steps: list[Step]):
+                  steps: list[Step], task_cpus: float):
     """The Ray Data graph over this run's shards and ``steps`` (lazy: nothing runs until iterated)."""
     import ray.data
     from ray.data import ActorPoolStrategy
@@ -241,11 +277,19 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
     # One descriptor per block, in shard order: shards are read, processed and completed roughly in
     # order, so a run that stops early leaves whole shards behind rather than fragments of all.
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
-    # A flat_map, not map_batches: Ray Data fuses a map_batches into the next stage and then bundles
-    # that stage's batch size in *descriptors* (16 descriptors of 32 rows: one task of 512 rows,
-    # run by one actor while the others idle). A flat_map that changes the row count is not fused
-    # into a stage that asks for a batch size, so the stages bundle manifest rows.
-    ds = ds.flat_map(read_shard_rows, fn_kwargs={"manifest_path": manifest_path}, num_cpus=TASK_CPUS)
+    planned = pools(steps, config)
+    first, last = (getattr(config.stages, s.name) if joins_io(s) else None for s in (planned[0], planned[-1]))
+    if first is not None:
+        # Fused by Ray Data into the plain stage after it (same CPUs): one task reads a block and
+        # runs that stage on it, with no hand-over through the object store.
+        ds = ds.map_batches(read_descriptor_rows, fn_kwargs={"manifest_path": manifest_path}, batch_size=1,
+                            batch_format="numpy", num_cpus=first.num_cpus)
+    else:
+        # Before an actor pool, a task of its own: fused into the pool, the reading would make
+        # Ray Data bundle the pool's batch size in *descriptors* (16 descriptors of 32 rows: one
+        # task of 512 rows, run by one actor while the others idle). A flat_map that changes the
+        # row count is never fused into a stage that asks for a batch size.
+        ds = ds.flat_map(read_shard_rows, fn_kwargs={"manifest_path": manifest_path}, num_cpus=task_cpus)
     # Ray Data's high-memory note ("Operator ... uses N of memory per worker ... consider setting
     # memory=...") fires for any actor above ~2.6 GiB per CPU it reserves: with a quarter CPU per
     # stage every model actor passes that, as it must to hold its weights, and `memory=` is no
@@ -263,15 +307,17 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
             return ds.map_batches(fn, fn_constructor_kwargs=kwargs, compute=ActorPoolStrategy(**pool), **options)
         return ds.map_batches(fn, fn_kwargs=kwargs, **options)
 
-    for step in chain_cpu_steps(steps, config) if config.chain_cpu_stages else steps:
+    for step in planned:
         resources = getattr(config.stages, step.name)
         if step.on_dataset:
             ds = step.fn(ds, resources=resources, **step.kwargs)
         else:
             ds = run(ds, step.fn, resources, step.actor, **step.kwargs)
-    # The parts are written where the rows are; only status rows go on to the driver.
+    # The parts are written where the rows are (fused into the last stage when that is a plain
+    # one); only status rows go on to the driver.
     return ds.map_batches(shard_assembly.write_parts, fn_kwargs={"out": str(out), "config_hash": config_hash},
-                          batch_size=config.stages.decode.batch_size, batch_format="numpy", num_cpus=TASK_CPUS)
+                          batch_size=config.stages.decode.batch_size, batch_format="numpy",
+                          num_cpus=last.num_cpus if last is not None else task_cpus)
 
 
 @dataclass
@@ -349,7 +395,8 @@ def _check_installed(config: ExtractConfig) -> None:
     text = models.text
     if text is None:
         return
-    # From sources, not the encoder's module: that one imports torch, which the driver never needs.
+    # From sources, not the encoder's module: that one imports torch, which a driver running the
+    # offline preset does not otherwise load.
     from pipeline.models.sources import resolve_folder
 
     try:
@@ -414,7 +461,9 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
     if work:
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=num_cpus if not address else None, log_to_driver=False)
-        assemble = ray.remote(num_cpus=TASK_CPUS)(shard_assembly.assemble)
+        steps = steps or stage_plan(config, pinned_models(config, commits))
+        task_cpus = io_task_cpus([n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]], steps, config)
+        assemble = ray.remote(num_cpus=task_cpus)(shard_assembly.assemble)
         writers = writer_nodes()
         by_shard = {w.shard: w for w in work}
         remaining = {w.shard: w.rows for w in work}
@@ -425,8 +474,7 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
                 print(f"shard {stats['name']}: {stats['samples']} ok, {stats['failed']} failed, "
                       f"{stats['bytes']} bytes")
 
-        steps = steps or stage_plan(config, pinned_models(config, commits))
-        for row in build_dataset(work, manifest_path, out, config, config_hash, steps).iter_rows():
+        for row in build_dataset(work, manifest_path, out, config, config_hash, steps, task_cpus).iter_rows():
             totals.add(row)
             shard = int(row["shard"])
             remaining[shard] -= 1

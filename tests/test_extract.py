@@ -204,7 +204,7 @@ def test_a_chain_gives_each_stage_its_own_batch_size_and_the_rows_it_would_get_a
     steps = extract.stage_plan(config, config.resolved_models())[:3]  # decode, analysis, the analysis's text
     assert [s.name for s in steps] == ["decode", "analysis", "describer"]
     rows = extract.read_shard_rows({"shard": 0, "start": 0, "stop": 7, "only_keys": ""}, rain_manifest)
-    batch = {c: np.array([r[c] for r in rows]) for c in rows[0]}
+    batch = {c: np.array([r[c] for r in rows], dtype=object) for c in rows[0]}
 
     seen: list[tuple[str, int]] = []
 
@@ -242,37 +242,48 @@ def test_chained_and_pooled_stages_write_the_same_shard_bytes(tmp_path, rain_man
         assert (tmp_path / "true" / name).read_bytes() == (tmp_path / "false" / name).read_bytes(), name
 
 
-def test_the_chain_actors_share_a_runs_blocks(tmp_path, rain_manifest, ray_local):
-    # Two blocks of 4 rows and a chain that asks for 4 rows a task: each block is its own task.
-    # Were the manifest reading fused into the chain, Ray Data would bundle 4 *blocks* a task, and
-    # one actor would take both while the other idled.
-    class MeetThenCount:
-        """A pass-through stage whose actors wait for each other to exist, then log each batch and
-        hold it a second: a block that arrives meanwhile finds this actor busy."""
+def test_the_manifest_reading_stays_out_of_an_actor_pool(tmp_path, rain_manifest, ray_local):
+    # Fused into the chain's actor pool, the reading made Ray Data bundle the pool's batch size in
+    # block *descriptors*: 16 descriptors of 32 rows a task, so a small run was one task on one
+    # actor while the others idled. Before a plain first stage it is fused on purpose.
+    work, _ = extract.plan_work(8, tmp_path, 8, False)
+    operators = {}
+    for chain in ("true", "false"):
+        config = extract_config.load(None, {"rows_per_block": "4", "stages.cpu.batch_size": "4",
+                                            "chain_cpu_stages": chain}, preset="analysis-only", samples_per_shard=8)
+        ds = extract.build_dataset(work, rain_manifest, tmp_path / chain, config, "hash",
+                                   extract.stage_plan(config, config.resolved_models()), 1.0)
+        assert sum(1 for _ in ds.iter_rows()) == 8
+        # Ray Data's stats name each operator it ran, fused ones joined by "->".
+        operators[chain] = re.findall(r"^Operator \d+ (\S+?):", ds.stats(), re.M)
+    assert "FlatMap(read_shard_rows)" in operators["true"] and "MapBatches(StageChain)" in operators["true"]
+    assert any(op.startswith("MapBatches(read_descriptor_rows)->MapBatches(decode_batch)")
+               for op in operators["false"]), operators["false"]
 
-        def __init__(self, folder: str):
-            self.folder = Path(folder)
-            (self.folder / f"actor-{os.getpid()}").touch()
-            deadline = time.time() + 120
-            while len(list(self.folder.glob("actor-*"))) < 2 and time.time() < deadline:
-                time.sleep(0.05)
 
-        def __call__(self, batch: dict) -> dict:
-            with open(self.folder / f"rows-{os.getpid()}", "a") as f:
-                f.write(f"{len(batch['key'])}\n")
-            time.sleep(1.0)
-            return batch
+def test_io_tasks_take_a_whole_cpu_only_where_the_stage_actors_leave_one_free():
+    config = extract_config.load(None, {}, preset="offline")
+    steps = extract.stage_plan(config, config.resolved_models())
+    assert extract.io_task_cpus([2.0], steps, config) == 1.0  # two chain actors hold half a CPU
+    assert extract.io_task_cpus([1.0], steps, config) == config.stages.decode.num_cpus
+    crowded = extract_config.load(None, {"stages.cpu.concurrency": "7"}, preset="offline")
+    assert extract.io_task_cpus([2.0], steps, crowded) == crowded.stages.decode.num_cpus
+    plain = [extract.Step("decode", stages.decode_batch, False, {"max_pixels": 10**6}),
+             extract.Step("describer", stages.analysis_text, False, {})]
+    assert extract.io_task_cpus([2.0], plain, config) == config.stages.decode.num_cpus  # no actor pools
 
-    config = extract_config.load(None, {"rows_per_block": "4", "stages.cpu.batch_size": "4",
-                                        "stages.cpu.concurrency": "2"}, preset="analysis-only", samples_per_shard=8)
-    log = tmp_path / "log"
-    log.mkdir()
-    steps = [*extract.stage_plan(config, config.resolved_models()),
-             extract.Step("clip", MeetThenCount, True, {"folder": str(log)})]
-    index = extract.extract(rain_manifest, str(tmp_path / "out"), config, steps=steps)
-    assert (index["samples"], index["failed"]) == (8, 0)
-    rows = {p.name: sum(int(n) for n in p.read_text().split()) for p in log.glob("rows-*")}
-    assert len(rows) == 2 and sum(rows.values()) == 8, rows
+
+def test_one_cpu_is_enough_to_extract(tmp_path, rain_manifest):
+    # Whole-CPU tasks beside two quarter-CPU actors could never be placed on one CPU: the run hung.
+    proc = _run_cli(rain_manifest, tmp_path / "out", {}, "--preset", "analysis-only", "--num-cpus", "1",
+                    start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:  # hung: take its local Ray down with it
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output
+    assert json.loads((tmp_path / "out" / "index.json").read_text())["samples"] == 8
 
 
 def _settled_count(folder: Path, pattern: str, quiet_s: float = 3.0) -> int:
