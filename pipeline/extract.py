@@ -207,8 +207,9 @@ def pools(steps: list[Step], config: ExtractConfig) -> list[Step]:
 
 
 def joins_io(step: Step) -> bool:
-    """Whether the manifest reading before ``step`` or the writing after it runs inside its tasks:
-    it is a plain function, which Ray Data fuses with its neighbours of the same CPUs."""
+    """Whether ``step`` is a plain function, which Ray Data fuses with its neighbours of the same
+    CPUs: the writing after it runs inside its tasks (and the reading before it, when every step
+    is plain)."""
     return not (step.actor or step.on_dataset)
 
 
@@ -223,13 +224,19 @@ def io_task_cpus(node_cpus: list[float], steps: list[Step], config: ExtractConfi
     beside every actor at its pool's largest size (a task that can never be placed would stall the
     run for good). Without actor pools, or without room, it takes the decode stage's share, as the
     plain stages do: among quarter-CPU tasks a whole-CPU one waits for four to end (assembling
-    100k light rows took 191 s instead of 112)."""
+    100k light rows took 191 s instead of 112), and never more than the room left. A vLLM stage
+    builds actor pools of its own whose CPUs its config does not state: the share, too."""
+    planned = pools(steps, config)
+    share = config.stages.decode.num_cpus
     held = 0.0
-    for step in pools(steps, config):
+    for step in planned:
         if not joins_io(step):
             res = getattr(config.stages, step.name)
             held += res.num_cpus * (res.max_concurrency or res.concurrency)
-    return 1.0 if held and max(node_cpus, default=0.0) - held >= 1.0 else config.stages.decode.num_cpus
+    room = max(node_cpus, default=0.0) - held
+    if held and room >= 1.0 and not any(step.on_dataset for step in planned):
+        return 1.0
+    return min(share, room) if room > 0 else share
 
 
 def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
@@ -278,17 +285,17 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
     # order, so a run that stops early leaves whole shards behind rather than fragments of all.
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
     planned = pools(steps, config)
-    first, last = (getattr(config.stages, s.name) if joins_io(s) else None for s in (planned[0], planned[-1]))
-    if first is not None:
-        # Fused by Ray Data into the plain stage after it (same CPUs): one task reads a block and
-        # runs that stage on it, with no hand-over through the object store.
+    if all(joins_io(s) for s in planned):
+        # Only plain stages (bench/extract_scale.py's light pass): Ray Data fuses the reading, the
+        # stages and the writing into one task per bundle, so no block crosses the object store.
         ds = ds.map_batches(read_descriptor_rows, fn_kwargs={"manifest_path": manifest_path}, batch_size=1,
-                            batch_format="numpy", num_cpus=first.num_cpus)
+                            batch_format="numpy", num_cpus=getattr(config.stages, planned[0].name).num_cpus)
     else:
-        # Before an actor pool, a task of its own: fused into the pool, the reading would make
-        # Ray Data bundle the pool's batch size in *descriptors* (16 descriptors of 32 rows: one
-        # task of 512 rows, run by one actor while the others idle). A flat_map that changes the
-        # row count is never fused into a stage that asks for a batch size.
+        # With an actor pool, a task of its own. A map_batches would be fused into the plain stages
+        # after it and on into the first pool of the same CPUs, which then bundles its batch size
+        # in *descriptors* (16 descriptors of 32 rows: one call of 512 rows, on one actor while
+        # the others idle). A flat_map that changes the row count is never fused into a stage
+        # that asks for a batch size, and it hands on only manifest rows.
         ds = ds.flat_map(read_shard_rows, fn_kwargs={"manifest_path": manifest_path}, num_cpus=task_cpus)
     # Ray Data's high-memory note ("Operator ... uses N of memory per worker ... consider setting
     # memory=...") fires for any actor above ~2.6 GiB per CPU it reserves: with a quarter CPU per
@@ -314,10 +321,11 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
         else:
             ds = run(ds, step.fn, resources, step.actor, **step.kwargs)
     # The parts are written where the rows are (fused into the last stage when that is a plain
-    # one); only status rows go on to the driver.
+    # one: the same CPUs); only status rows go on to the driver.
+    last = getattr(config.stages, planned[-1].name)
     return ds.map_batches(shard_assembly.write_parts, fn_kwargs={"out": str(out), "config_hash": config_hash},
                           batch_size=config.stages.decode.batch_size, batch_format="numpy",
-                          num_cpus=last.num_cpus if last is not None else task_cpus)
+                          num_cpus=last.num_cpus if joins_io(planned[-1]) else task_cpus)
 
 
 @dataclass

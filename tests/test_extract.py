@@ -243,22 +243,30 @@ def test_chained_and_pooled_stages_write_the_same_shard_bytes(tmp_path, rain_man
 
 
 def test_the_manifest_reading_stays_out_of_an_actor_pool(tmp_path, rain_manifest, ray_local):
-    # Fused into the chain's actor pool, the reading made Ray Data bundle the pool's batch size in
-    # block *descriptors*: 16 descriptors of 32 rows a task, so a small run was one task on one
-    # actor while the others idled. Before a plain first stage it is fused on purpose.
+    # Fused into an actor pool, the reading made Ray Data bundle the pool's batch size in block
+    # *descriptors*: 16 descriptors of 32 rows a call, so a small run went to one actor while the
+    # others idled. With plain stages only, it is fused on purpose.
+    from bench.extract_scale import no_model
+
     work, _ = extract.plan_work(8, tmp_path, 8, False)
     operators = {}
-    for chain in ("true", "false"):
+    for case in ("chain", "pools", "plain"):
         config = extract_config.load(None, {"rows_per_block": "4", "stages.cpu.batch_size": "4",
-                                            "chain_cpu_stages": chain}, preset="analysis-only", samples_per_shard=8)
-        ds = extract.build_dataset(work, rain_manifest, tmp_path / chain, config, "hash",
-                                   extract.stage_plan(config, config.resolved_models()), 1.0)
+                                            "chain_cpu_stages": str(case == "chain").lower()},
+                                     preset="analysis-only", samples_per_shard=8)
+        steps = extract.stage_plan(config, config.resolved_models())
+        if case == "plain":
+            steps = [steps[0], extract.Step("analysis", no_model, False, {})]
+        ds = extract.build_dataset(work, rain_manifest, tmp_path / case, config, "hash", steps, 1.0)
         assert sum(1 for _ in ds.iter_rows()) == 8
         # Ray Data's stats name each operator it ran, fused ones joined by "->".
-        operators[chain] = re.findall(r"^Operator \d+ (\S+?):", ds.stats(), re.M)
-    assert "FlatMap(read_shard_rows)" in operators["true"] and "MapBatches(StageChain)" in operators["true"]
-    assert any(op.startswith("MapBatches(read_descriptor_rows)->MapBatches(decode_batch)")
-               for op in operators["false"]), operators["false"]
+        operators[case] = re.findall(r"^Operator \d+ (\S+?):", ds.stats(), re.M)
+    for case in ("chain", "pools"):
+        assert operators[case][1] == "FlatMap(read_shard_rows)", operators[case]
+    assert "MapBatches(StageChain)" in operators["chain"]
+    assert "MapBatches(decode_batch)->MapBatches(AnalysisStage)" in operators["pools"], operators["pools"]
+    assert operators["plain"][1].startswith("MapBatches(read_descriptor_rows)->MapBatches(decode_batch)->"
+                                            "MapBatches(no_model)"), operators["plain"]
 
 
 def test_io_tasks_take_a_whole_cpu_only_where_the_stage_actors_leave_one_free():
@@ -271,6 +279,8 @@ def test_io_tasks_take_a_whole_cpu_only_where_the_stage_actors_leave_one_free():
     plain = [extract.Step("decode", stages.decode_batch, False, {"max_pixels": 10**6}),
              extract.Step("describer", stages.analysis_text, False, {})]
     assert extract.io_task_cpus([2.0], plain, config) == config.stages.decode.num_cpus  # no actor pools
+    greedy = extract_config.load(None, {"stages.decode.num_cpus": "1"}, preset="offline")
+    assert extract.io_task_cpus([1.0], steps, greedy) == 0.5  # never more than the actors leave
 
 
 def test_one_cpu_is_enough_to_extract(tmp_path, rain_manifest):
