@@ -65,8 +65,8 @@ import numpy as np
 import torch
 import webdataset as wds
 from threadpoolctl import threadpool_limits
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import tarfile_samples
 
 from pipeline import shard_cache
 from pipeline.sample_format import (
@@ -78,6 +78,7 @@ from pipeline.sample_format import (
     decode_sample,
 )
 from pipeline.shards import INDEX
+from pipeline.tar_records import TarStreamError, tar_records, url_records
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore.lifeline import die_with_parent
 from restore.model.priors import PRIOR_NAMES, Priors
@@ -189,7 +190,8 @@ def stream_seed(*parts: int) -> int:
 class SkipCounter:
     """Counts skipped tars and samples of one worker and logs them at a limited rate.
 
-    Used as webdataset's ``handler``: returning True tells it to continue after the error. With
+    Used as the tar reader's ``handler`` (``pipeline.tar_records.url_records``) and for bad
+    samples: returning True tells the reader to continue after the error. With
     a ``limit``, more than that many skips in a row (no ``reset`` between) raise instead: data
     that is all bad should stop the run with a reason, not spin on it forever.
     """
@@ -250,15 +252,15 @@ def prior_arrays(sample: Sample, token_width: int, clip_width: int) -> dict[str,
             raise SampleFormatError(sample.key, "npz", f"embeddings are W={width}, E={e_width}; the restorer "
                                                        f"expects W={token_width}, E={clip_width}")
     positions = np.arange(TOKEN_POSITIONS)
+    # Embeddings stay float16, as stored (sample_format.EMBEDDINGS): widen() makes them float32
+    # where the model reads them.
     for text in ("degradation", "caption"):
         length = int(emb[f"{text}_length"]) if emb is not None else 0
-        tokens = emb[f"{text}_tokens"].astype(np.float32) if emb is not None else np.zeros(
-            (TOKEN_POSITIONS, token_width), np.float32)
+        tokens = emb[f"{text}_tokens"] if emb is not None else np.zeros((TOKEN_POSITIONS, token_width), np.float16)
         out[f"{text}_tokens"] = tokens
         out[f"{text}_mask"] = positions < length
         out[f"present_{text}_tokens"] = np.bool_(length > 0)
-    out["clip_image"] = (emb["clip_image"].astype(np.float32) if has_image
-                         else np.zeros(clip_width, np.float32))
+    out["clip_image"] = emb["clip_image"] if has_image else np.zeros(clip_width, np.float16)
     out["present_clip_image"] = np.bool_(has_image)
     vector = (sample.meta.analysis or {}).get("vector")
     if vector is not None and len(vector) != len(DEGRADATION_TYPES):
@@ -273,6 +275,32 @@ def prior_arrays(sample: Sample, token_width: int, clip_width: int) -> dict[str,
 def to_chw(pixels: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) → float32 (3, H, W) in [0, 1]."""
     return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def planar(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) → uint8 (3, H, W), contiguous: how a training batch carries an image."""
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def widen(tensor: Tensor) -> Tensor:
+    """A batch tensor in the type the model reads: uint8 images as float32 in [0, 1] (the same
+    values as ``to_chw``), float16 embeddings as float32, anything else as it is.
+
+    Training batches carry images as uint8 and embeddings as stored (float16), a third of the
+    bytes of float32: a loader worker hands each batch to the trainer through freshly allocated
+    shared memory, whose pages cost far more to fill than a reused private buffer (1.3 ms for the
+    1.5 MB of a float32 batch of eight 64² crops on the 2-core test machine, bench/RESULTS.md),
+    and a trainer copies each batch to its GPU. Widen after that copy, on the device."""
+    if tensor.dtype == torch.uint8:
+        return tensor.float().div_(255.0)
+    return tensor.float() if tensor.dtype == torch.float16 else tensor
+
+
+def widen_priors(priors: Priors) -> Priors:
+    """``priors`` with their reference and embeddings widened (``widen``)."""
+    return replace(priors, **{name: widen(getattr(priors, name))
+                              for name in ("degradation_tokens", "caption_tokens", "clip_image", "reference")
+                              if getattr(priors, name) is not None})
 
 
 def resize_rgb(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -294,7 +322,8 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
 def training_example(sample: Sample, crop: int, rng: np.random.Generator, token_width: int,
                      clip_width: int) -> dict[str, np.ndarray]:
     """One augmented training example: the same crop, flip and rotation for LQ and GT; the
-    reference, resized to the LQ's size, gets its own crop window and the same flip and rotation."""
+    reference, resized to the LQ's size, gets its own crop window and the same flip and rotation.
+    Images are uint8 (3, crop, crop) and embeddings float16: ``widen`` them for the model."""
     if sample.gt is None:
         raise SampleFormatError(sample.key, GT, "training needs a GT image")
     height, width = sample.lq.shape[:2]
@@ -313,7 +342,7 @@ def training_example(sample: Sample, crop: int, rng: np.random.Generator, token_
     out_images = []
     for img, (top, left) in zip(images, windows):
         img = np.rot90(img[top:top + crop, left:left + crop], turns)
-        out_images.append(to_chw(img[:, ::-1] if flip else img))
+        out_images.append(planar(img[:, ::-1] if flip else img))
     example = {"lq": out_images[0], "gt": out_images[1], **prior_arrays(sample, token_width, clip_width)}
     example["reference"] = out_images[2] if sample.ref is not None else np.zeros_like(out_images[0])
     example["present_reference"] = np.bool_(sample.ref is not None)
@@ -384,9 +413,9 @@ def sample_priors(sample: Sample, token_width: int, clip_width: int, use_referen
     """Priors of one full-size sample as a batch of one (validation, evaluation, inference)."""
     arrays = prior_arrays(sample, token_width, clip_width)
     has_ref = use_reference and sample.ref is not None
-    arrays["reference"] = to_chw(sample.ref) if has_ref else np.zeros((3, 8, 8), np.float32)
+    arrays["reference"] = planar(sample.ref) if has_ref else np.zeros((3, 8, 8), np.uint8)
     arrays["present_reference"] = np.bool_(has_ref)
-    return batch_priors(collate(trim_tokens([arrays])))
+    return widen_priors(batch_priors(collate(trim_tokens([arrays]))))
 
 
 # --- random access for per-dataset weights ---------------------------------------------------
@@ -433,12 +462,10 @@ class SampleIndex:
         with open(url, "rb") as f:
             f.seek(int(self.start[i]))
             chunk = f.read(int(self.stop[i] - self.start[i]))
-        record: dict[str, Any] = {"__url__": url}
-        with tarfile.open(fileobj=io.BytesIO(chunk), mode="r:") as tar:
-            for member in tar:
-                key, _, name = member.name.partition(".")
-                record["__key__"] = key
-                record[name] = tar.extractfile(member).read()
+        record = next(tar_records(io.BytesIO(chunk), url), None)
+        if record is None:
+            raise TarStreamError(url, int(self.start[i]), "no member where the index says sample "
+                                                          f"{i} lies (was the shard rewritten?)")
         return record
 
 
@@ -583,7 +610,7 @@ _SOURCE_TAG, _SYNTH_TAG, _INDEXED_TAG = 1, 2, 3
 
 def synthetic_example(sample: Sample, token_width: int, clip_width: int) -> dict[str, np.ndarray]:
     """A synthesised crop (already cropped and augmented before it was degraded) as arrays."""
-    example = {"lq": to_chw(sample.lq), "gt": to_chw(sample.gt), **prior_arrays(sample, token_width, clip_width)}
+    example = {"lq": planar(sample.lq), "gt": planar(sample.gt), **prior_arrays(sample, token_width, clip_width)}
     example["reference"] = np.zeros_like(example["lq"])
     example["present_reference"] = np.bool_(False)
     return example
@@ -616,11 +643,11 @@ class TrainStream(IterableDataset):
             if not len(self.weighted[0]):
                 raise ValueError(f"no sample of split {config.split!r} has a dataset weight above 0")
 
-    def _shards(self, logical: int, rng: random.Random) -> Iterator[dict[str, str]]:
+    def _shards(self, logical: int, rng: random.Random) -> Iterator[str]:
         urls = self.config.urls
         if self.config.resampled:
             while True:
-                yield {"url": urls[rng.randrange(len(urls))]}
+                yield urls[rng.randrange(len(urls))]
         # Without resampling: this rank's and this worker's share, reshuffled on each pass.
         mine = list(urls[self.rank::self.world][logical::self.workers])
         if not mine:
@@ -628,14 +655,14 @@ class TrainStream(IterableDataset):
                              f"workers; use resampled shards or fewer workers")
         while True:
             rng.shuffle(mine)
-            yield from ({"url": u} for u in mine)
+            yield from mine
 
     def _shard_examples(self, logical: int, epoch_seed: int, start_raw: int,
                         skips: SkipCounter) -> Iterator[tuple[dict[str, np.ndarray], int]]:
         """(example, raw records read so far) from this epoch's shard records, past ``start_raw``."""
         c = self.config
         rng = random.Random(epoch_seed)
-        records = tarfile_samples(self._shards(logical, rng), handler=skips)
+        records = url_records(self._shards(logical, rng), skips)
         records = wds.shuffle(c.shuffle_buffer, min(c.shuffle_buffer, 64), rng=rng)(iter(records))
         raw = other_split = 0
         for record in records:
@@ -667,7 +694,7 @@ class TrainStream(IterableDataset):
         pick = ids[min(int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right")), len(ids) - 1)]
         try:
             record = c.index.record(int(pick))
-        except (OSError, tarfile.TarError) as e:
+        except (OSError, TarStreamError) as e:
             raise ValueError(f"{c.index.urls[c.index.shard[pick]]}: cannot read sample {pick}: {e}") from e
         return training_example(decode_sample(record), c.crop, rng, c.token_width, c.clip_width)
 
@@ -764,7 +791,7 @@ def read_samples(urls: tuple[str, ...] | list[str], split: str | None = None, li
     """Decoded samples of the shards, in order, once (validation, evaluation): bad ones skipped."""
     skips = skips or SkipCounter("reader")
     count = 0
-    for record in tarfile_samples(({"url": u} for u in urls), handler=skips):
+    for record in url_records(urls, skips):
         if split is not None and _split_of(record) not in (split, None):
             continue
         try:

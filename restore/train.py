@@ -620,9 +620,10 @@ def fit(config: TrainConfig, resume: bool = False,
                 progress.skipped[logical] = int(batch["skipped"][1])
                 progress.batches += 1
                 progress.samples += stage.batch_size * env.world
-                lq, gt = batch["lq"].to(env.device, non_blocking=True), batch["gt"].to(env.device, non_blocking=True)
+                lq, gt = (data.widen(batch[k].to(env.device, non_blocking=True)) for k in ("lq", "gt"))
                 # Dropout draws on the CPU (the same drops on any device), then one non-blocking copy.
                 priors = drop_priors(data.batch_priors(batch), dropout, dropout_rng).to(env.device, non_blocking=True)
+                priors = data.widen_priors(priors)
                 sync = micro == config.accumulate - 1 or env.world == 1
                 context = model.no_sync() if not sync else contextlib.nullcontext()
                 with context, autocast(env.device, config.amp):

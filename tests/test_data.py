@@ -104,9 +104,15 @@ def window_of(crop: np.ndarray, image: np.ndarray) -> tuple[int, int, int, bool]
             for turns in range(4):
                 for flip in (False, True):
                     window = np.rot90(image[top:top + size, left:left + size], turns)
-                    if np.array_equal(data.to_chw(window[:, ::-1] if flip else window), crop):
+                    if np.array_equal(data.planar(window[:, ::-1] if flip else window), crop):
                         return top, left, turns, flip
     raise AssertionError("the crop is no window of the image")
+
+
+def test_widening_a_uint8_image_gives_the_float_image_exactly():
+    pixels = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    wide = data.widen(torch.from_numpy(data.planar(pixels)))
+    assert wide.dtype == torch.float32 and np.array_equal(wide.numpy(), data.to_chw(pixels))
 
 
 def test_lq_and_gt_share_a_crop_and_the_reference_gets_a_window_of_its_own():
@@ -138,6 +144,12 @@ def test_batches_carry_priors_with_presence(tmp_path):
     batch = take(loader, 1)[0]
     priors = data.batch_priors(batch)
     assert batch["lq"].shape == (2, 3, 24, 24) and priors.reference.shape == (2, 3, 24, 24)
+    # Compact types from the loader (a third of float32's bytes), widened where the model reads them.
+    assert batch["lq"].dtype == priors.reference.dtype == torch.uint8
+    assert priors.degradation_tokens.dtype == priors.clip_image.dtype == torch.float16
+    wide = data.widen_priors(priors)
+    assert wide.reference.dtype == wide.degradation_tokens.dtype == wide.clip_image.dtype == torch.float32
+    assert wide.degradation_mask is priors.degradation_mask
     # Tokens come cut to the batch's longest text (trim_tokens).
     tokens, mask = priors.degradation_tokens, priors.degradation_mask
     assert tokens.shape[::2] == (2, WIDTH) and mask.shape == tokens.shape[:2] == (2, int(mask.sum(1).max()))
@@ -260,7 +272,10 @@ def batch_digest(batches: list[dict[str, torch.Tensor]]) -> str:
 # yields (then say so where you update it); a speed-up must leave it as it is.
 # Updated when batches began to carry token arrays cut to their batch's longest text
 # (data.trim_tokens): the rows cut are ones the model masks out, as the test after this checks.
-PINNED_BATCHES = "0705d5be9cac944aa48d7f053423a75159f9542d848d79498033c4b0332b08b4"
+# Batches carry uint8 images and float16 embeddings (data.widen): the widened digest is the one
+# pinned before that change, so the model reads the same numbers.
+PINNED_BATCHES = "64fe84314ece5f37172187cd43ec1439380b340c585c83958ac8ec6648f6f8a5"
+PINNED_WIDENED = "0705d5be9cac944aa48d7f053423a75159f9542d848d79498033c4b0332b08b4"
 
 
 def test_cutting_tokens_to_the_longest_text_leaves_the_model_output_as_it_is(tmp_path):
@@ -276,8 +291,9 @@ def test_cutting_tokens_to_the_longest_text_leaves_the_model_output_as_it_is(tmp
     assert whole["degradation_tokens"][:, cut["degradation_tokens"].shape[1]:].abs().sum() > 0
     model = Restorer(preset("tiny", token_width=WIDTH, clip_width=WIDTH, use_reference=False)).eval()
     with torch.no_grad():
-        expected = model(whole["lq"], data.batch_priors(whole))
-        assert torch.allclose(model(cut["lq"], data.batch_priors(cut)), expected, atol=1e-6)
+        expected = model(data.widen(whole["lq"]), data.widen_priors(data.batch_priors(whole)))
+        assert torch.allclose(model(data.widen(cut["lq"]), data.widen_priors(data.batch_priors(cut))), expected,
+                              atol=1e-6)
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -286,3 +302,4 @@ def test_the_batches_of_a_fixed_seed_are_pinned(tmp_path, workers):
     config = stream_config(data.resolve(str(index)).urls)
     batches = take(data.train_loader(config, 0, 1, workers, (data.Position(),)), 5)
     assert batch_digest(batches) == PINNED_BATCHES
+    assert batch_digest([{k: data.widen(v) for k, v in b.items()} for b in batches]) == PINNED_WIDENED

@@ -263,7 +263,7 @@ def test_every_parameter_learns_from_a_training_batch_so_ddp_needs_no_unused_par
     batch = data.collate(examples)
     batch["present_caption_tokens"][:] = False
     priors = train.drop_priors(data.batch_priors(batch), 0.5, torch.Generator().manual_seed(0))
-    model(batch["lq"], priors).mean().backward()
+    model(data.widen(batch["lq"]), data.widen_priors(priors)).mean().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
 
 
