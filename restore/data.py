@@ -78,7 +78,7 @@ from pipeline.sample_format import (
     decode_sample,
 )
 from pipeline.shards import INDEX
-from pipeline.tar_records import TarStreamError, tar_records, url_records
+from pipeline.tar_records import TarStreamError, split_key, tar_records, url_records
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore.lifeline import die_with_parent
 from restore.model.priors import PRIOR_NAMES, Priors
@@ -292,7 +292,9 @@ def widen(tensor: Tensor) -> Tensor:
     1.5 MB of a float32 batch of eight 64² crops on the 2-core test machine, bench/RESULTS.md),
     and a trainer copies each batch to its GPU. Widen after that copy, on the device."""
     if tensor.dtype == torch.uint8:
-        return tensor.float().div_(255.0)
+        # A 0-dim tensor on the same device, not the number: CUDA divides by a Python number as a
+        # multiplication by its reciprocal, one ulp off for about half of the 256 values.
+        return tensor.float().div_(torch.full((), 255.0, device=tensor.device))
     return tensor.float() if tensor.dtype == torch.float16 else tensor
 
 
@@ -486,13 +488,15 @@ def index_shards(urls: tuple[str, ...]) -> SampleIndex:
             with tarfile.open(url, mode="r:") as tar:
                 key, first, last, meta = None, 0, 0, None
                 for member in tar:
-                    name_key = member.name.partition(".")[0]
-                    if name_key != key:
+                    parts = split_key(member.name) if member.isreg() else None
+                    if parts is None:
+                        continue  # no record's member (the reader passes it over too)
+                    if parts[0] != key:
                         if key is not None:
                             rows.append((first, last, meta))
-                        key, first, meta = name_key, member.offset, None
+                        key, first, meta = parts[0], member.offset, None
                     last = member.offset_data + -(-member.size // TAR_BLOCK) * TAR_BLOCK
-                    if member.name.partition(".")[2] == META:
+                    if parts[1] == META:
                         meta = _json_or_none(tar.extractfile(member).read())
                 if key is not None:
                     rows.append((first, last, meta))

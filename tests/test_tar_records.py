@@ -4,6 +4,7 @@ on damaged tars."""
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -79,6 +80,79 @@ def test_a_truncated_tar_is_reported_with_its_name_and_offset_and_the_next_tar_i
     assert [r["__key__"] for r in records] == ["a", "b"] and records[0]["__url__"] == str(good)
     assert len(errors) == 1 and isinstance(errors[0], TarStreamError)
     assert str(cut) in str(errors[0]) and "truncated" in str(errors[0]) and errors[0].offset == 512 * 5
+
+
+def test_an_empty_file_is_an_error_and_end_padding_cut_short_is_not(tmp_path):
+    (tmp_path / "empty.tar").write_bytes(b"")
+    whole = write(tmp_path / "whole.tar", [("a.txt", b"1"), ("b.txt", b"2")], tarfile.GNU_FORMAT).read_bytes()
+    (tmp_path / "short.tar").write_bytes(whole[:512 * 4 + 100])  # two members, then part of a zero block
+    errors = []
+    records = list(url_records([str(tmp_path / "empty.tar"), str(tmp_path / "short.tar")],
+                               handler=lambda e: errors.append(e) or True))
+    assert [r["__key__"] for r in records] == ["a", "b"]
+    assert len(errors) == 1 and "empty.tar: tar unreadable at byte 0: empty file" in str(errors[0])
+
+
+def test_a_directory_whose_header_states_a_size_has_no_data_to_skip():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        folder = tarfile.TarInfo("folder")
+        folder.type, folder.size = tarfile.DIRTYPE, 1000  # tarfile writes the size, and no data
+        tar.addfile(folder)
+        member = tarfile.TarInfo("k.txt")
+        member.size = 3
+        tar.addfile(member, io.BytesIO(b"abc"))
+    assert list(tar_records(io.BytesIO(buf.getvalue()), "d.tar")) == [{"__key__": "k", "__url__": "d.tar",
+                                                                       "txt": b"abc"}]
+
+
+@pytest.mark.timeout(20)
+def test_a_pax_record_of_length_zero_is_an_error_not_an_endless_loop():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        member = tarfile.TarInfo("k.txt")
+        member.size, member.pax_headers = 1, {"comment": "x"}
+        tar.addfile(member, io.BytesIO(b"1"))
+    raw = bytearray(buf.getvalue())
+    at = raw.index(b"comment=x") - 3  # "NN comment=x\n": the record's length digits
+    raw[at:at + 2] = b"00"
+    with pytest.raises(TarStreamError, match="malformed pax header record"):
+        list(tar_records(io.BytesIO(bytes(raw)), "p.tar"))
+
+
+def big_shard(path: Path, records: int = 24) -> Path:
+    """A shard far larger than a pipe's buffer, so its writer is still writing when a reader stops."""
+    shards.write_tar(path, shards.record_members(
+        [{"__key__": f"k{i:03d}", "bin": bytes([i]) * 65536} for i in range(records)]))
+    return path
+
+
+def test_a_reader_that_stops_early_closes_a_pipe_without_an_error(tmp_path):
+    path = big_shard(tmp_path / "big.tar")
+    # A writer that fails on the broken pipe (as aws or gsutil do) when the reader leaves.
+    script = tmp_path / "send.py"
+    script.write_text("import sys\n"
+                      f"data = open({str(path)!r}, 'rb').read()\n"
+                      "try:\n"
+                      "    for i in range(0, len(data), 4096):\n"
+                      "        sys.stdout.buffer.write(data[i:i + 4096])\n"
+                      "        sys.stdout.buffer.flush()\n"
+                      "except BrokenPipeError:\n"
+                      "    sys.exit(3)\n")
+    writer = f"{sys.executable} {script}"
+    errors = []
+    records = url_records([f"pipe:{writer}", str(path)], handler=lambda e: errors.append(e) or True)
+    assert next(records)["__key__"] == "k000"
+    records.close()
+    assert errors == []
+
+
+def test_a_pipe_whose_command_fails_after_the_data_is_reported(tmp_path):
+    path = big_shard(tmp_path / "big.tar", records=3)
+    errors = []
+    records = list(url_records([f"pipe:cat {path}; exit 3"], handler=lambda e: errors.append(e) or True))
+    assert [r["__key__"] for r in records] == ["k000", "k001", "k002"]
+    assert len(errors) == 1 and "exit 3" in str(errors[0])
 
 
 def test_a_damaged_header_is_refused_and_the_handler_can_stop_the_stream(tmp_path):
