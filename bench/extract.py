@@ -29,14 +29,18 @@ from pipeline import demo_data, extract, extract_config, manifest
 def plain_loop(rows: list[dict], config: extract_config.ExtractConfig, batch_size: int) -> tuple[float, dict]:
     """Every stage called in turn on each batch, one process, no Ray.
 
-    Torch runs one thread here, as it does in each Ray actor (Ray sets OMP_NUM_THREADS=1 for
-    fractional-CPU actors): the comparison is then between one process doing the stages in turn
-    and the pipeline overlapping them, not between thread settings.
+    Torch and the BLAS and OpenMP pools run one thread here, as they do in each Ray actor (Ray
+    sets OMP_NUM_THREADS=1 for fractional-CPU actors; OpenCV keeps its own pool in both): the
+    comparison is then between one process doing the stages in turn and the pipeline overlapping
+    them, not between thread settings. (Until 2026-12-03 only torch was limited: the loop's
+    OpenBLAS ran two threads under the analysis's matrix products, the actors' one.)
     """
     start = time.perf_counter()
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    threadpool_limits(1)
     seconds: dict[str, float] = defaultdict(float)
     t = time.perf_counter()
     # The same stages, built the same way, as the pipeline runs for this preset.
@@ -104,7 +108,7 @@ def main() -> None:
     print("\n== bench/extract.py ==")
     print(f"samples: {n} ({args.samples} images × {args.repeat}), preset: {args.preset}, batch size: {args.batch_size}")
     print(f"plain loop: {loop_time:.1f} s  ({n / loop_time:.2f} samples/s; {loop_before:.1f} s before the pipeline, "
-          f"{loop_after:.1f} s after), a fresh process each, models loaded once, 1 torch thread")
+          f"{loop_after:.1f} s after), a fresh process each, models loaded once, torch and BLAS on 1 thread")
     print(f"ray pipeline: {pipe_time:.1f} s  ({n / pipe_time:.2f} samples/s), actor loading included; "
           f"Ray's start {ray_start:.1f} s apart")
     print(f"ratio pipeline/loop: {loop_time / pipe_time:.2f}  (target ≥ 1.0); with Ray's start: "
