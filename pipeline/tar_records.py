@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
-from webdataset.gopen import gopen
+from webdataset.gopen import Pipe, gopen
 
 from pipeline.safe_tar import MAX_MEMBER_BYTES
 
@@ -115,8 +115,8 @@ def tar_members(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
         size = 0 if kind in NO_DATA else _number(header[124:136], url, offset)
         if kind in REGULAR and "size" in pax:
             size = int(pax["size"])
-        if size > MAX_MEMBER_BYTES:  # a damaged or hostile size field: never allocate it
-            raise TarStreamError(url, offset, f"member of {size} bytes exceeds the limit of {MAX_MEMBER_BYTES}")
+        if not 0 <= size <= MAX_MEMBER_BYTES:  # a damaged or hostile size field: never allocate it
+            raise TarStreamError(url, offset, f"member size {size} is outside 0..{MAX_MEMBER_BYTES}")
         offset += BLOCK
         padded = size + -size % BLOCK
         if kind == GNU_LONG_NAME:
@@ -170,40 +170,46 @@ def tar_records(stream: IO[bytes], url: str) -> Iterator[dict[str, Any]]:
         yield record
 
 
-def _close(stream: IO[bytes]) -> None:
-    """Close a stream whose reading stopped early: a ``pipe:`` command then exits on a broken pipe,
-    which says nothing about the data."""
+def _close(opened: IO[bytes]) -> str | None:
+    """Close a source; for a ``pipe:`` source, what its command's failure says (None if none)."""
     try:
-        stream.close()
-    except OSError:
-        pass
+        opened.close()
+    except OSError as e:
+        return str(e)
+    return None
 
 
 def url_records(urls: Iterable[str], handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
     """The records of each tar in turn. A tar that cannot be opened or read to its end (for a
-    ``pipe:`` source: whose command fails) goes to ``handler``: its records before the damage were
-    yielded, the one being read is lost with the rest of the tar. The handler returning True moves
-    on to the next tar, False stops."""
+    ``pipe:`` source, also one whose command fails) goes to ``handler``: its records before the
+    damage were yielded, the one being read is lost with the rest of the tar. The handler
+    returning True moves on to the next tar, False stops."""
     for url in urls:
-        stream = None
+        opened = None
         try:
-            stream = gopen(url)
+            opened = gopen(url)
+            # webdataset's Pipe (``pipe:``, and http(s) through curl) raises from a read once its
+            # command has exited with an error, dropping what is still in the pipe: read the pipe
+            # itself, and take the exit status when it is closed, after the data.
+            stream = opened.stream if isinstance(opened, Pipe) else opened
             yield from tar_records(stream, url)
             # Past the end-of-archive blocks there is only padding: read it, so that a pipe's
             # writer finishes and its exit status tells whether the download worked.
             while stream.read(1 << 16):
                 pass
-            stream, done = None, stream
+            opened, done = None, opened
             done.close()
         except GeneratorExit:
-            # The reader of these records stopped (an epoch's end, a limit): not an error.
-            if stream is not None:
-                _close(stream)
+            # The reader of these records stopped (an epoch's end, a limit): a pipe's command then
+            # exits on a broken pipe, which says nothing about the data.
+            if opened is not None:
+                _close(opened)
             raise
         except (OSError, ValueError) as e:
-            if stream is not None:
-                _close(stream)
+            failed = _close(opened) if opened is not None else None
             if not isinstance(e, TarStreamError):
                 e = TarStreamError(url, None, f"{type(e).__name__}: {e}")
+            if failed:  # often the cause: a download that failed shows as a short or empty tar
+                e = TarStreamError(url, e.offset, f"{e.reason}; the source failed: {failed}")
             if not handler(e):
                 return
