@@ -85,7 +85,7 @@ def _pax_fields(data: bytes, url: str, offset: int) -> dict[str, str]:
     return fields
 
 
-def tar_members(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
+def stream_members(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
     """(path, bytes) of every regular member of an uncompressed tar, in order; other members
     (directories, links) are passed over. Raises TarStreamError on an empty, damaged or truncated
     tar."""
@@ -152,7 +152,7 @@ def split_key(path: str) -> tuple[str, str] | None:
 def tar_records(stream: IO[bytes], url: str) -> Iterator[dict[str, Any]]:
     """The records of one tar stream, in order. A member repeated within a record is an error."""
     record: dict[str, Any] | None = None
-    for path, data in tar_members(stream, url):
+    for path, data in stream_members(stream, url):
         if META_NAME.match(path):
             continue
         parts = split_key(path)

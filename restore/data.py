@@ -78,7 +78,7 @@ from pipeline.sample_format import (
     decode_sample,
 )
 from pipeline.shards import INDEX
-from pipeline.tar_records import TarStreamError, split_key, tar_records, url_records
+from pipeline.tar_records import BLOCK, TarStreamError, split_key, tar_records, url_records
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore.lifeline import die_with_parent
 from restore.model.priors import PRIOR_NAMES, Priors
@@ -422,9 +422,6 @@ def sample_priors(sample: Sample, token_width: int, clip_width: int, use_referen
 
 # --- random access for per-dataset weights ---------------------------------------------------
 
-TAR_BLOCK = 512
-
-
 @dataclass(frozen=True, eq=False)
 class SampleIndex:
     """Where each sample of a set of local shards lies, and its (dataset, split, task) label.
@@ -495,7 +492,7 @@ def index_shards(urls: tuple[str, ...]) -> SampleIndex:
                         if key is not None:
                             rows.append((first, last, meta))
                         key, first, meta = parts[0], member.offset, None
-                    last = member.offset_data + -(-member.size // TAR_BLOCK) * TAR_BLOCK
+                    last = member.offset_data + -(-member.size // BLOCK) * BLOCK
                     if parts[1] == META:
                         meta = _json_or_none(tar.extractfile(member).read())
                 if key is not None:
