@@ -60,8 +60,7 @@ def loader_rate(stream: data.StreamConfig, workers: int, batches: int) -> tuple[
     logical = max(1, workers)
     iterator = iter(data.train_loader(stream, 0, 1, workers, tuple(data.Position() for _ in range(logical))))
     next(iterator)  # worker start-up is paid once per run, not per sample
-    # The DataLoader offers no public handle on its worker processes.
-    pids = [w.pid for w in iterator._workers]
+    pids = iterator.worker_pids
     workers_cpu, own_cpu = sum(cpu_seconds(p) for p in pids), cpu_seconds("self")
     start = time.perf_counter()
     for _ in range(batches):

@@ -80,6 +80,7 @@ from pipeline.sample_format import (
 from pipeline.shards import INDEX
 from pipeline.tar_records import BLOCK, TarStreamError, split_key, tar_records, url_records
 from pipeline.vocabulary import DEGRADATION_TYPES
+from restore.handover import Batches, SlotStream
 from restore.lifeline import die_with_parent
 from restore.model.priors import PRIOR_NAMES, Priors
 from restore.synthesis import SynthesisConfig, Synthesizer
@@ -93,6 +94,8 @@ SKIP_LOG_INTERVAL_S = 60.0
 # A stream that meets this many bad records or shards, or samples of another split, in a row
 # stops: the data (or the split asked for) is wrong, and waiting longer would only hang the run.
 BARREN_LIMIT = 2000
+# Batches each loader worker makes ahead of the trainer.
+PREFETCH = 4
 
 
 @dataclass(frozen=True)
@@ -287,10 +290,8 @@ def widen(tensor: Tensor) -> Tensor:
     values as ``to_chw``), float16 embeddings as float32, anything else as it is.
 
     Training batches carry images as uint8 and embeddings as stored (float16), a third of the
-    bytes of float32: a loader worker hands each batch to the trainer through freshly allocated
-    shared memory, whose pages cost far more to fill than a reused private buffer (1.3 ms for the
-    1.5 MB of a float32 batch of eight 64² crops on the 2-core test machine, bench/RESULTS.md),
-    and a trainer copies each batch to its GPU. Widen after that copy, on the device."""
+    bytes of float32: a batch is copied into shared memory by its loader worker, out of it by the
+    trainer (``restore.handover``) and then to the GPU. Widen after that last copy, on the device."""
     if tensor.dtype == torch.uint8:
         # A 0-dim tensor on the same device, not the number: CUDA divides by a Python number as a
         # multiplication by its reciprocal, one ulp off for about half of the 256 values.
@@ -375,29 +376,43 @@ def collate(examples: list[dict[str, np.ndarray]], **whole: np.ndarray) -> dict[
     """Stack examples (dicts of equally shaped arrays) into a dict of tensors; ``whole`` arrays
     (one per batch, not per example) are added as they are.
 
-    The tensors are views of one buffer because a DataLoader worker hands every storage over on
-    its own: a new shared-memory file, and its descriptor passed over an authenticated socket
-    connection. With a storage per tensor (16 a batch) that took the worker 10-15 ms of CPU for a
-    batch of 8 crops of 64² (about what decoding half of its samples takes) and the trainer's
-    process 8-10 ms instead of 2-3 (bench/RESULTS.md).
+    The tensors are views of one buffer, so a loader worker hands a batch over in one copy
+    (``restore.handover``). Handed over the DataLoader's own way, a storage per tensor (16 a
+    batch), each in a new shared-memory file, a batch of 8 crops of 64² cost the worker 10-15 ms of
+    CPU (about what decoding half of its samples takes) and the trainer's process 8-10 ms
+    (bench/RESULTS.md).
     """
     count = len(examples)
     layout, size = [], 0
     for name, value in [*examples[0].items(), *whole.items()]:
         value = np.asarray(value)
         shape = value.shape if name in whole else (count, *value.shape)
-        nbytes = math.prod(shape) * value.dtype.itemsize
-        layout.append((name, shape, torch.from_numpy(np.empty(0, value.dtype)).dtype, size, nbytes))
+        nbytes = value.nbytes if name in whole else value.nbytes * count
+        layout.append((name, value.dtype, shape, size, nbytes))
         size += -(-nbytes // _ALIGN) * _ALIGN
     buffer = torch.empty(size, dtype=torch.uint8)
+    flat = buffer.numpy()
     batch = {}
-    for name, shape, dtype, start, nbytes in layout:
-        batch[name] = buffer[start:start + nbytes].view(dtype).view(shape)
+    for name, dtype, shape, start, nbytes in layout:
+        out = flat[start:start + nbytes].view(dtype).reshape(shape)
         if name in whole:
-            np.copyto(batch[name].numpy(), whole[name])
+            out[...] = whole[name]
         else:
-            np.stack([e[name] for e in examples], out=batch[name].numpy())
+            # Row by row: np.stack's checks cost more than the copies at these sizes (collate
+            # took 0.48 ms a batch of eight 64² crops with it, 0.30 without).
+            for i, example in enumerate(examples):
+                value = example[name]
+                if value.shape != shape[1:]:  # an assignment would broadcast it silently
+                    raise ValueError(f"example {i}: {name} has shape {value.shape}, "
+                                     f"example 0 {shape[1:]}")
+                out[i] = value
+        batch[name] = buffer[start:start + nbytes].view(_torch_dtype(dtype)).view(shape)
     return batch
+
+
+@functools.cache
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
 def batch_priors(batch: dict[str, torch.Tensor]) -> Priors:
@@ -769,22 +784,23 @@ def _init_worker(trainer: int, _: int) -> None:
 
 
 def train_loader(config: StreamConfig, rank: int, world: int, workers: int, start: tuple[Position, ...],
-                 rotation: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over this rank's TrainStream (``workers`` = 0 reads in this process)."""
+                 rotation: int = 0, pin_memory: bool = False) -> Batches:
+    """The batches of this rank's TrainStream, an iterator (``workers`` = 0 reads in this process;
+    otherwise workers hand batches over through shared slots, ``restore.handover``)."""
     stream = TrainStream(config, rank, world, max(1, workers), start, rotation)
+    if workers == 0:
+        return Batches(DataLoader(stream, batch_size=None, num_workers=0, pin_memory=pin_memory))
     # Workers start from a fork server, never forked from this process: a fork inherits the
     # OpenMP and OpenCV thread pools of whatever ran here before (validation decoding, Ray, the
     # analysis) in a broken state, and the worker then hangs on its first threaded call.
-    context = None
-    if workers > 0:
-        context = multiprocessing.get_context("forkserver")
-        # Applies when this starts the fork server (the first loader of the process); the default
-        # preload, __main__, stays.
-        context.set_forkserver_preload(["__main__", "restore.lifeline_forkserver"])
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                      worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers > 0 else None,
-                      multiprocessing_context=context)
+    context = multiprocessing.get_context("forkserver")
+    # Applies when this starts the fork server (the first loader of the process); the default
+    # preload, __main__, stays.
+    context.set_forkserver_preload(["__main__", "restore.lifeline_forkserver"])
+    loader = DataLoader(SlotStream(stream, slots=PREFETCH + 1), batch_size=None, num_workers=workers,
+                        persistent_workers=True, prefetch_factor=PREFETCH,
+                        worker_init_fn=functools.partial(_init_worker, os.getpid()), multiprocessing_context=context)
+    return Batches(loader, pin_memory=pin_memory)
 
 
 def read_samples(urls: tuple[str, ...] | list[str], split: str | None = None, limit: int | None = None,

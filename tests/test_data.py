@@ -303,3 +303,13 @@ def test_the_batches_of_a_fixed_seed_are_pinned(tmp_path, workers):
     batches = take(data.train_loader(config, 0, 1, workers, (data.Position(),)), 5)
     assert batch_digest(batches) == PINNED_BATCHES
     assert batch_digest([{k: data.widen(v) for k, v in b.items()} for b in batches]) == PINNED_WIDENED
+
+
+def test_collate_refuses_examples_of_different_shapes():
+    # Copied row by row into the batch, a smaller array would broadcast silently.
+    examples = [{"lq": np.zeros((3, 8, 8), np.uint8), "vector": np.zeros(11, np.float32)},
+                {"lq": np.zeros((3, 8, 8), np.uint8), "vector": np.zeros(1, np.float32)}]
+    with pytest.raises(ValueError, match=r"example 1: vector has shape \(1,\), example 0 \(11,\)"):
+        data.collate(examples)
+    batch = data.collate(examples[:1] * 2, position=np.arange(3))
+    assert batch["vector"].shape == (2, 11) and batch["position"].tolist() == [0, 1, 2]
