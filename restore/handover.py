@@ -8,22 +8,26 @@ batch (bench/RESULTS.md). Here each worker makes a few shared buffers (*slots*) 
 every batch into the next slot in turn. What goes through the DataLoader is a small ``Handed``
 message: the slot, the batch's layout, and the slot's buffer only the first time (or when a larger
 batch needs a larger buffer). ``Batches``, in the trainer's process, copies each batch out of its
-slot into memory of its own (pinned, for a GPU) before it asks for the next one, so batches stay
-valid however long they are kept.
+slot into memory of its own (pinned, for a GPU), so batches stay valid however long they are kept.
 
-Why a slot is free when its worker fills it again: the DataLoader keeps ``prefetch_factor``
-requests outstanding per worker and sends a worker a new request only while handing over one of
-that worker's batches. So when a worker is asked for its batch ``n``, it has handed over batch
-``n - prefetch_factor`` and the trainer has copied out batch ``n - prefetch_factor - 1`` and every
-one before; with ``prefetch_factor + 1`` slots, batch ``n`` goes into the slot of batch
-``n - prefetch_factor - 1``. Each slot's header holds the number of the batch in it (-1 while the
-worker writes), and ``Batches`` checks it before and after copying: a batch overwritten too soon is
-an error, never silently wrong data.
+A slot's header holds two batch numbers: the one the worker wrote into it and the last one the
+trainer copied out. Before it reuses a slot, a worker waits until the batch it wrote there before
+has been copied out. With ``prefetch_factor + 1`` slots it never has to: the DataLoader keeps
+``prefetch_factor`` requests outstanding per worker and sends a worker a new one only while handing
+over one of that worker's batches, so when a worker is asked for its batch ``n`` the trainer has
+copied out batch ``n - prefetch_factor - 1``, the one in ``n``'s slot. The wait covers what breaks
+that count: when one worker fails or ends, the DataLoader sends its share of requests to the
+others. The trainer copies batches in the order it asks for them, and a worker only waits for an
+earlier batch of its own, so the wait always ends.
+
+The header's numbers order the two processes' accesses on x86 (stores are seen in program order);
+elsewhere normal operation is still ordered by the DataLoader's own queue system calls.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,13 +36,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-# A slot's header (its batch number, int64) and where its batch starts: a multiple of any
-# element size, as inside a collated batch.
+# A slot's header: int64 [the batch written into it, the last batch copied out of it]; its batch
+# starts after it, at a multiple of any element size, as inside a collated batch.
 HEADER = 64
-WRITING = -1
+WRITTEN, COPIED = 0, 1
 # Room a new or grown slot leaves above the batch that needed it: batches differ in size by the
 # length of their texts, and each regrowth sends a new buffer.
 HEADROOM = 1.25
+# How often a worker that must wait for the trainer looks at a slot again.
+POLL_S = 0.001
 
 Layout = tuple[tuple[str, torch.dtype, tuple[int, ...], int, int], ...]  # name, dtype, shape, start, bytes
 
@@ -68,6 +74,10 @@ def layout_of(batch: dict[str, Tensor]) -> tuple[Tensor, Layout]:
     return torch.empty(0, dtype=torch.uint8).set_(storage), tuple(layout)
 
 
+def _header(buffer: np.ndarray) -> np.ndarray:
+    return buffer[:16].view(np.int64)
+
+
 class SlotStream(IterableDataset):
     """``dataset``'s batches, as ``Handed`` messages when iterated in a DataLoader worker."""
 
@@ -88,11 +98,14 @@ class SlotStream(IterableDataset):
             if buffers[slot] is None or buffers[slot].numel() < HEADER + size:
                 sent = buffers[slot] = torch.empty(HEADER + math.ceil(size * HEADROOM),
                                                    dtype=torch.uint8).share_memory_()
+                _header(buffers[slot].numpy())[:] = -1
             target = buffers[slot].numpy()
-            header = target[:8].view(np.int64)
-            header[0] = WRITING
+            header = _header(target)
+            # A grown slot is a new buffer: the batch left in the old one is the trainer's to copy.
+            while header[WRITTEN] >= 0 and header[COPIED] < header[WRITTEN]:
+                time.sleep(POLL_S)
             np.copyto(target[HEADER:HEADER + size], source.numpy())
-            header[0] = number
+            header[WRITTEN] = number
             yield Handed(info.id, slot, number, size, layout, sent)
 
 
@@ -114,21 +127,15 @@ class Batches:
         return self.receive(item) if isinstance(item, Handed) else item
 
     def receive(self, item: Handed) -> dict[str, Tensor]:
-        """The batch ``item`` names, copied out of its slot."""
+        """The batch ``item`` names, copied out of its slot (which its worker may then reuse)."""
         if item.buffer is not None:
             self._slots[item.worker, item.slot] = item.buffer.numpy()
         slot = self._slots[item.worker, item.slot]
-        header = slot[:8].view(np.int64)
         out = torch.empty(item.size, dtype=torch.uint8, pin_memory=self._pin)
-        before = int(header[0])
         # numpy's copy, not torch's: torch copies half a megabyte on its intra-op threads, and
         # their spin-wait afterwards takes the core a loader worker needs.
         np.copyto(out.numpy(), slot[HEADER:HEADER + item.size])
-        after = int(header[0])
-        if before != item.number or after != item.number:
-            raise RuntimeError(f"loader worker {item.worker} reused slot {item.slot} (batch {item.number}) "
-                               f"before the trainer had copied it out (header {before}, then {after}); "
-                               f"the DataLoader asked it for more batches ahead than its slots allow")
+        _header(slot)[COPIED] = item.number
         return {name: out[start:start + nbytes].view(dtype).view(shape)
                 for name, dtype, shape, start, nbytes in item.layout}
 

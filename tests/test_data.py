@@ -305,11 +305,15 @@ def test_the_batches_of_a_fixed_seed_are_pinned(tmp_path, workers):
     assert batch_digest([{k: data.widen(v) for k, v in b.items()} for b in batches]) == PINNED_WIDENED
 
 
-def test_collate_refuses_examples_of_different_shapes():
-    # Copied row by row into the batch, a smaller array would broadcast silently.
+def test_collate_refuses_examples_of_different_shapes_or_types():
+    # Copied row by row into the batch, a smaller array would broadcast and another type cast,
+    # silently.
     examples = [{"lq": np.zeros((3, 8, 8), np.uint8), "vector": np.zeros(11, np.float32)},
                 {"lq": np.zeros((3, 8, 8), np.uint8), "vector": np.zeros(1, np.float32)}]
-    with pytest.raises(ValueError, match=r"example 1: vector has shape \(1,\), example 0 \(11,\)"):
+    with pytest.raises(ValueError, match=r"example 1: vector is float32 \(1,\), example 0 float32 \(11,\)"):
+        data.collate(examples)
+    examples[1]["vector"] = np.full(11, 2.7, np.float64)
+    with pytest.raises(ValueError, match=r"example 1: vector is float64 \(11,\)"):
         data.collate(examples)
     batch = data.collate(examples[:1] * 2, position=np.arange(3))
     assert batch["vector"].shape == (2, 11) and batch["position"].tolist() == [0, 1, 2]
