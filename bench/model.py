@@ -3,15 +3,19 @@ no-prior backbone, measured in the same run (and, given a checkout, a public Res
 
     python -m bench.model                                  # CPU, base at 128², 5 reps, 1 thread
     python -m bench.model --restormer-repo ~/src/Restormer # + Restormer's own arch file
-    python -m bench.model --device cuda                    # bf16 fwd+bwd throughput, 128² and 256²
+    python -m bench.model --device cuda                    # bf16 fwd+bwd throughput and MFU, 128² and 256²
     python -m bench.model --device cuda --compile          # + each variant under torch.compile
 
 CPU times interleave the variants rep by rep (a shared machine's load then hits all alike) and
 report the best of the reps. Peak memory is measured for each variant in a fresh process: the
 kernel's peak-RSS counter is reset after the model and inputs exist, so the number is what one
 forward pass adds; glibc is told to hand every large block back to the kernel on free, so the
-RSS follows the live tensors instead of the allocator's cache. Restormer's arch file is imported from the given checkout at run time (it needs
-``einops``); nothing of it is copied here.
+RSS follows the live tensors instead of the allocator's cache. Restormer's arch file is imported
+from the given checkout at run time (it needs ``einops``); nothing of it is copied here.
+
+On a GPU each variant's model FLOP utilisation (MFU) is printed beside its images/s: a training
+step's FLOPs (three forward passes' worth, the usual convention: the backward pass costs two) times
+steps per second, over the GPU's dense bf16 peak (``PEAK_BF16_TFLOPS``, or ``--peak-tflops``).
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from restore.model import Priors, Restorer, count_parameters, preset
 from restore.model.priors import random_priors
 
 RESTORMER_ARCH = Path("basicsr/models/archs/restormer_arch.py")
 VARIANTS = ("backbone", "all priors")
+# Dense bf16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets, without sparsity), by a part of the
+# name torch reports; the first match counts. Other GPUs need --peak-tflops.
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 80GB HBM3", 989.4), ("H100 SXM", 989.4), ("H200", 989.4),
+                    ("A100", 312.0))
 
 
 def load_restormer(repo: Path) -> nn.Module:
@@ -65,6 +74,26 @@ def build(variant: str, preset_name: str, size: int, batch: int,
 
 def forward(model: nn.Module, lq: torch.Tensor, priors: Priors | None) -> torch.Tensor:
     return model(lq) if priors is None else model(lq, priors)
+
+
+def training_flops(model: nn.Module, lq: torch.Tensor, priors: Priors | None) -> int:
+    """FLOPs of one training step (forward and backward) of ``model`` on these inputs: three times
+    its forward pass, whose matrix products and convolutions torch's FlopCounterMode counts.
+
+    Not the counter's own count of the backward pass: it counts a grouped convolution's backward as
+    an ungrouped one (64 times the work of a 64-channel depthwise 3×3 convolution, torch 2.14), and
+    every block here has depthwise convolutions."""
+    # With autograd on: the counter's module tracking fails on outputs without a gradient function.
+    with FlopCounterMode(display=False) as counter:
+        forward(model, lq, priors)
+    return 3 * counter.get_total_flops()
+
+
+def peak_tflops(device_name: str, override: float | None = None) -> float | None:
+    """The dense bf16 peak of the GPU named ``device_name`` (``override`` first; None: unknown)."""
+    if override is not None:
+        return override
+    return next((tflops for part, tflops in PEAK_BF16_TFLOPS if part in device_name), None)
 
 
 def _rss_kib(field: str) -> int:
@@ -130,17 +159,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, lq: torch.Ten
     optimizer.step()
 
 
-def gpu_throughput(args: argparse.Namespace, variant: str, size: int, compiled: bool) -> tuple[float, float]:
-    """Training images/s and peak GiB of ``variant`` at ``size``² patches (``compiled``: under
-    torch.compile, whose compilation happens in the warm-up steps and is not timed)."""
+def gpu_throughput(args: argparse.Namespace, variant: str, size: int, compiled: bool) -> tuple[float, float, int]:
+    """Training images/s, peak GiB and FLOPs per step of ``variant`` at ``size``² patches
+    (``compiled``: under torch.compile, whose compilation happens in the warm-up steps and is not
+    timed)."""
     device = torch.device("cuda")
     model, lq, priors = build(variant, args.preset, size, args.batch, args.restormer_repo)
     model = model.to(device).train()
+    lq = lq.to(device)
+    priors = priors.to(device) if priors is not None else None
+    flops = training_flops(model, lq, priors)  # counted eagerly: the compiled graph does the same work
     if compiled:
         torch._dynamo.reset()  # each size and variant compiles afresh, never falling back to eager
         model = torch.compile(model)
-    lq = lq.to(device)
-    priors = priors.to(device) if priors is not None else None
     target = torch.rand_like(lq)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     torch.cuda.reset_peak_memory_stats(device)
@@ -152,21 +183,24 @@ def gpu_throughput(args: argparse.Namespace, variant: str, size: int, compiled: 
         train_step(model, optimizer, lq, priors, target)
     torch.cuda.synchronize(device)
     rate = args.reps * args.batch / (time.perf_counter() - start)
-    return rate, torch.cuda.max_memory_allocated(device) / 2**30
+    return rate, torch.cuda.max_memory_allocated(device) / 2**30, flops
 
 
 def gpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
-    """bf16 forward+backward throughput (images/s) and peak memory at the --sizes patches."""
-    print(f"{torch.cuda.get_device_name()}, bf16 autocast, batch {args.batch}, "
-          f"{args.reps} timed training steps after 3 warm-up steps")
-    print("| variant | patch | images/s | peak memory (GiB) |")
-    print("|---|---:|---:|---:|")
+    """bf16 forward+backward throughput (images/s), MFU and peak memory at the --sizes patches."""
+    name = torch.cuda.get_device_name()
+    peak = peak_tflops(name, args.peak_tflops)
+    print(f"{name}, bf16 autocast, batch {args.batch}, {args.reps} timed training steps after 3 warm-up steps; "
+          + (f"MFU against a {peak:g} TFLOP/s dense bf16 peak" if peak else "peak unknown: pass --peak-tflops for MFU"))
+    print("| variant | patch | images/s | TFLOP a step | MFU | peak memory (GiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         for variant in variants:
             for compiled in (False, True) if args.compile else (False,):
-                rate, peak = gpu_throughput(args, variant, size, compiled)
-                name = f"{variant} (compiled)" if compiled else variant
-                print(f"| {name} | {size} | {rate:.1f} | {peak:.2f} |", flush=True)
+                rate, memory, flops = gpu_throughput(args, variant, size, compiled)
+                mfu = f"{flops * rate / args.batch / (peak * 1e12):.1%}" if peak else "n/a"
+                label = f"{variant} (compiled)" if compiled else variant
+                print(f"| {label} | {size} | {rate:.1f} | {flops / 1e12:.3f} | {mfu} | {memory:.2f} |", flush=True)
                 torch.cuda.empty_cache()
 
 
@@ -182,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[128, 256],
                         help="GPU: patch sizes, comma-separated")
     parser.add_argument("--compile", action="store_true", help="GPU: also time each variant under torch.compile")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="GPU: its dense bf16 peak in TFLOP/s, for MFU (default: known GPUs only)")
     parser.add_argument("--restormer-repo", type=Path, default=None,
                         help="a local checkout of the public Restormer repository, timed side by side")
     parser.add_argument("--variants", type=lambda v: v.split(","), default=list(VARIANTS),
