@@ -652,6 +652,8 @@ def fit(config: TrainConfig, resume: bool = False,
                               "samples_seen": progress.samples,
                               "train_images_per_s": window_samples * env.world / max(elapsed, 1e-9),
                               "train_skipped": int(skipped)}
+                    if env.device.type == "cuda":  # the allocator's own count: no wait for the GPU
+                        record["train_gpu_peak_gib"] = torch.cuda.max_memory_allocated(env.device) / 2**30
                     _log(run, record, writer)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}")
                 started, window_steps, window_samples = time.time(), 0, 0
