@@ -31,17 +31,20 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from restore.model import Priors, Restorer, count_parameters, preset
 from restore.model.priors import random_priors
 
 RESTORMER_ARCH = Path("basicsr/models/archs/restormer_arch.py")
 VARIANTS = ("backbone", "all priors")
-# Dense bf16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets, without sparsity), by a part of the
-# name torch reports; the first match counts. Other GPUs need --peak-tflops.
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 80GB HBM3", 989.4), ("H100 SXM", 989.4), ("H200", 989.4),
-                    ("A100", 312.0))
+# Dense bf16 tensor-core peaks, TFLOP/s (NVIDIA's datasheets, without sparsity), by a pattern of the
+# name torch reports; the first match counts. Other GPUs (and MIG slices) need --peak-tflops.
+PEAK_BF16_TFLOPS = ((r"\bH100 PCIe\b", 756.5), (r"\bH[12]00 NVL\b", 835.5), (r"\bH100 (80GB HBM3|SXM)", 989.4),
+                    (r"\bG?H200\b", 989.4), (r"\bA100\b", 312.0))
+# The CPU's fused attention kernel, which FlopCounterMode has no formula for (CUDA's it has).
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                  lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value)}
 
 
 def load_restormer(repo: Path) -> nn.Module:
@@ -78,13 +81,14 @@ def forward(model: nn.Module, lq: torch.Tensor, priors: Priors | None) -> torch.
 
 def training_flops(model: nn.Module, lq: torch.Tensor, priors: Priors | None) -> int:
     """FLOPs of one training step (forward and backward) of ``model`` on these inputs: three times
-    its forward pass, whose matrix products and convolutions torch's FlopCounterMode counts.
+    its forward pass, whose matrix products, convolutions and attention torch's FlopCounterMode
+    counts.
 
-    Not the counter's own count of the backward pass: it counts a grouped convolution's backward as
-    an ungrouped one (64 times the work of a 64-channel depthwise 3×3 convolution, torch 2.14), and
-    every block here has depthwise convolutions."""
+    Not the counter's own count of the backward pass: it counts a grouped convolution's weight
+    gradient as an ungrouped one's (64 times the work for a 64-channel depthwise 3×3 convolution,
+    torch 2.14), and every block here has depthwise convolutions."""
     # With autograd on: the counter's module tracking fails on outputs without a gradient function.
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
         forward(model, lq, priors)
     return 3 * counter.get_total_flops()
 
@@ -93,7 +97,13 @@ def peak_tflops(device_name: str, override: float | None = None) -> float | None
     """The dense bf16 peak of the GPU named ``device_name`` (``override`` first; None: unknown)."""
     if override is not None:
         return override
-    return next((tflops for part, tflops in PEAK_BF16_TFLOPS if part in device_name), None)
+    return next((tflops for pattern, tflops in PEAK_BF16_TFLOPS if re.search(pattern, device_name)), None)
+
+
+def mfu(step_flops: float, images_per_s: float, batch: int, peak: float) -> float:
+    """Model FLOP utilisation: the FLOPs a second that ``images_per_s`` at ``batch`` images a step
+    of ``step_flops`` each do, over a ``peak`` of TFLOP/s."""
+    return step_flops * images_per_s / batch / (peak * 1e12)
 
 
 def _rss_kib(field: str) -> int:
@@ -168,7 +178,12 @@ def gpu_throughput(args: argparse.Namespace, variant: str, size: int, compiled: 
     model = model.to(device).train()
     lq = lq.to(device)
     priors = priors.to(device) if priors is not None else None
-    flops = training_flops(model, lq, priors)  # counted eagerly: the compiled graph does the same work
+    # Counted eagerly (the compiled graph does the same work) on one image, so that the count's
+    # fp32 activations stay small: a batch of 8 at 256² would hold ~85 GiB.
+    one = build(variant, args.preset, size, 1, args.restormer_repo)
+    flops = args.batch * training_flops(one[0].to(device), one[1].to(device),
+                                        one[2].to(device) if one[2] is not None else None)
+    del one
     if compiled:
         torch._dynamo.reset()  # each size and variant compiles afresh, never falling back to eager
         model = torch.compile(model)
@@ -198,9 +213,9 @@ def gpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
         for variant in variants:
             for compiled in (False, True) if args.compile else (False,):
                 rate, memory, flops = gpu_throughput(args, variant, size, compiled)
-                mfu = f"{flops * rate / args.batch / (peak * 1e12):.1%}" if peak else "n/a"
+                used = f"{mfu(flops, rate, args.batch, peak):.1%}" if peak else "n/a"
                 label = f"{variant} (compiled)" if compiled else variant
-                print(f"| {label} | {size} | {rate:.1f} | {flops / 1e12:.3f} | {mfu} | {memory:.2f} |", flush=True)
+                print(f"| {label} | {size} | {rate:.1f} | {flops / 1e12:.3f} | {used} | {memory:.2f} |", flush=True)
                 torch.cuda.empty_cache()
 
 
