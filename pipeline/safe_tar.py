@@ -13,9 +13,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-# A prior sample's largest member is a PNG under image_files.MAX_PIXELS (64 MP, ~200 MB raw);
-# 512 MiB leaves room for it and refuses members that could only be there to exhaust memory.
-MAX_MEMBER_BYTES = 512 * 1024 * 1024
+from pipeline.tar_records import MAX_MEMBER_BYTES, split_key
+
 MAX_MEMBERS = 1_000_000
 MAX_NAME_LENGTH = 255
 
@@ -89,9 +88,10 @@ def check_tar(path: str | Path, shard: str | None = None,
                     raise UnsafeTarError(shard, info.name, problem)
                 members += 1
                 total += info.size
-                # webdataset's rule: the key is the path up to the first dot of the file name.
-                head, _, base = info.name.rpartition("/")
-                keys.add(f"{head}/{base.split('.', 1)[0]}")
+                # The samples a reader makes of it: a member without a suffix is in none.
+                key = split_key(info.name)
+                if key is not None:
+                    keys.add(key[0])
                 if members > max_members:
                     raise UnsafeTarError(shard, "", f"more than {max_members} members")
     except tarfile.TarError as e:

@@ -23,9 +23,10 @@ from typing import IO, Any
 
 from webdataset.gopen import Pipe, gopen
 
-from pipeline.safe_tar import MAX_MEMBER_BYTES
-
 BLOCK = 512
+# A prior sample's largest member is a PNG under image_files.MAX_PIXELS (64 MP, ~200 MB raw);
+# 512 MiB leaves room for it and refuses members that could only be there to exhaust memory.
+MAX_MEMBER_BYTES = 512 * 1024 * 1024
 REGULAR = (b"0", b"\0", b"7")
 # Members whose size field describes no data in the archive (tarfile skips none for them).
 NO_DATA = (b"1", b"2", b"3", b"4", b"5", b"6")
@@ -141,7 +142,9 @@ def stream_members(stream: IO[bytes], url: str) -> Iterator[tuple[str, bytes]]:
 
 def split_key(path: str) -> tuple[str, str] | None:
     """webdataset's (key, suffix) of a member path: the key ends at the first dot of the file
-    name; None for a name without one (or a hidden file's)."""
+    name; None for a member of no record (a name without a dot, a hidden file, metadata)."""
+    if META_NAME.match(path):
+        return None
     head, slash, base = path.rpartition("/")
     stem, dot, suffix = base.partition(".")
     if not dot or not stem:
@@ -153,8 +156,6 @@ def tar_records(stream: IO[bytes], url: str) -> Iterator[dict[str, Any]]:
     """The records of one tar stream, in order. A member repeated within a record is an error."""
     record: dict[str, Any] | None = None
     for path, data in stream_members(stream, url):
-        if META_NAME.match(path):
-            continue
         parts = split_key(path)
         if parts is None:
             continue

@@ -651,3 +651,11 @@ def test_shard_ranges():
         parse_shard_range("2-4", 4)
     with pytest.raises(ValueError, match="not an index"):
         parse_shard_range("a-b", 4)
+
+
+def test_check_tar_counts_the_samples_a_reader_makes(tmp_path):
+    # Members without a suffix and metadata members belong to no sample, as the reader groups them.
+    path = tmp_path / "000000.tar"
+    path.write_bytes(_tar_bytes(_member("a.json"), _member("a.png"), _member("b.json"), _member("README"),
+                                _member("__meta__/notes.json")))
+    assert check_tar(path).samples == 2
