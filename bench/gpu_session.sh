@@ -84,16 +84,16 @@ cp "$RUN/metrics.jsonl" "$OUT/smoke_metrics.jsonl"
 
 "$PY" - "$OUT" "$MODEL" "$CROP" "$GPUS" "${PEAK_TFLOPS:-}" <<'EOF'
 """The smoke run's throughput, memory and MFU, from its metrics after the first logging window."""
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from bench.model import build, mfu, peak_tflops, training_flops
+from restore.validate import read_metrics
 
 out, model, crop, gpus = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-records = [json.loads(line) for line in (out / "smoke_metrics.jsonl").read_text().splitlines()]
+records = read_metrics(out / "smoke_metrics.jsonl")
 train = [r for r in records if "train_images_per_s" in r]
 # Windows after the first (start-up), weighted by their steps: the last window may be shorter.
 windows = [(b["step"] - a["step"], b["train_images_per_s"]) for a, b in zip(train, train[1:])]

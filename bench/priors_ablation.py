@@ -22,10 +22,11 @@ and each variant's gain over ``none``; it is printed and written to ``<out>/tabl
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from restore.validate import METRICS, read_metrics
 
 VARIANTS = {
     "none": ["model_overrides.use_degradation=false"],
@@ -47,7 +48,7 @@ def run_variant(name: str, config: str, out: Path, sets: list[str]) -> Path:
 
 def final_validation(run: Path) -> dict[str, float]:
     """The last validation record of a run: {task: PSNR} plus "average"."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / METRICS)
     last = [r for r in records if "val_psnr" in r]
     if not last:
         raise SystemExit(f"{run}: no validation in metrics.jsonl; set val_every to at most the steps")

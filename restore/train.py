@@ -59,7 +59,7 @@ from restore.data import Position
 from restore.model import Restorer, RestorerConfig, drop_priors, preset
 from restore.priors_online import OnlinePriors
 from restore.synthesis import SynthesisConfig, list_photos, validation_samples
-from restore.validate import autocast, plot_curve, validate
+from restore.validate import METRICS, autocast, plot_curve, validate
 
 PIXEL_LOSSES = ("l1", "psnr")
 
@@ -441,7 +441,7 @@ def _resume_progress(loaded: checkpoint.Loaded, env: Distributed, workers: int) 
 
 
 def _log(run: Path, record: dict[str, Any], writer: Any) -> None:
-    with open(run / "metrics.jsonl", "a") as f:
+    with open(run / METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
     if writer is not None:
         for name, value in record.items():
@@ -668,7 +668,7 @@ def fit(config: TrainConfig, resume: bool = False,
                               **{f"val_psnr_{t}": v[0] for t, v in scores.per_task.items()},
                               **{f"val_ssim_{t}": v[1] for t, v in scores.per_task.items()}}
                     _log(run, record, writer)
-                    plot_curve(run / "metrics.jsonl", run / "curve.png")
+                    plot_curve(run / METRICS, run / "curve.png")
                     tqdm.write(f"step {progress.step}: validation PSNR {scores.psnr:.2f} dB, SSIM {scores.ssim:.4f} "
                                f"({sum(v[2] for v in scores.per_task.values())} images)")
                     best = scores.psnr > progress.best_psnr

@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,6 +119,15 @@ def validate(model: nn.Module, samples: list[Sample], device: torch.device, grid
                   {task: float(np.mean(v)) for task, v in sorted(inputs.items())})
 
 
+# The run folder's log: restore.train appends one JSON record per logging window and validation.
+METRICS = "metrics.jsonl"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl``, in order."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def plot_curve(metrics_path: Path, out_path: Path) -> None:
     """Training loss and validation PSNR against the step, from the run's metrics.jsonl."""
     import matplotlib
@@ -126,8 +136,7 @@ def plot_curve(metrics_path: Path, out_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     train, val, baseline = [], [], None
-    for line in metrics_path.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_metrics(metrics_path):
         if "loss" in record:
             train.append((record["step"], record["loss"]))
         if "val_psnr" in record:

@@ -15,6 +15,7 @@ import torch
 from pipeline import shards as shard_files
 from pipeline.sample_format import encode_sample
 from restore import checkpoint, data, train
+from restore.validate import read_metrics
 from tests.test_data import WIDTH, make_sample, stream_config, take
 
 RECIPES = Path(__file__).resolve().parents[1] / "restore" / "recipes"
@@ -133,7 +134,7 @@ def test_a_weighted_run_trains_and_validates_from_the_index(mixed, tmp_path, one
     train.fit(config)
     state = checkpoint.read_state(tmp_path / "run" / "checkpoints" / "last")
     assert state["step"] == 2 and state["skipped"] == [0]
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert any("val_psnr" in r for r in records)  # the two 'val' samples, found through the index
     with pytest.raises(ValueError, match="dataset_weights names rain"):
         train.fit(dataclasses.replace(config, dataset_weights={"rain": 1}))

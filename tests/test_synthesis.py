@@ -17,6 +17,7 @@ from pipeline.sample_format import TOKEN_POSITIONS
 from pipeline.vocabulary import DEGRADATION_TYPES
 from restore import data, synthesis
 from restore.synthesis import SynthesisConfig, Synthesizer
+from restore.validate import read_metrics
 
 TASKS = {"noise:sigma=40..50": 3.0, "haze:beta=2.0..2.5": 1.0}
 MINILM_WIDTH = 384
@@ -168,7 +169,7 @@ def test_the_trainer_learns_from_synthesis_alone(photos, tmp_path, one_thread):
         synthesis=SynthesisConfig(photos=(str(photos),), tasks=TASKS, validation_per_task=1, validation_size=48))
     model = train.fit(config)
     assert model.config.token_width == MINILM_WIDTH
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     validation = [r for r in records if "val_psnr" in r]
     assert validation and {"val_psnr_denoise", "val_psnr_dehaze"} <= validation[-1].keys()
     state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "training_state.json").read_text())

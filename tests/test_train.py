@@ -3,7 +3,6 @@ skipped), DDP replicas in step, checkpoints, a step without host reads, EMA and 
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from pipeline import shards as shard_files
 from restore import checkpoint, data, metrics, train
 from restore.model import Restorer, tiny
 from restore.model.priors import random_priors
+from restore.validate import read_metrics
 from tests.test_data import make_sample, write_shards
 
 N = 3  # steps before the kill; the schedule has 2N
@@ -85,7 +85,7 @@ def test_kill_and_resume_gives_the_same_weights_as_a_straight_run(shard_index, c
     assert all(torch.allclose(ema_a[k], ema_b[k], atol=1e-6, rtol=0) for k in ema_a)
     # The run folder tells how it went.
     run = tmp_path / "resumed"
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 2 * N + 1))
     assert any("val_psnr_denoise" in r for r in records)
     # The curve's baseline: the same validation inputs each time, so one value.
