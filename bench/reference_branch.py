@@ -18,7 +18,8 @@ same seed on the same batches of a few CBSD365 training photos with Gaussian noi
 Validation PSNR is measured on fixed crops of *other* CBSD365 photos (never a test set), with
 their own shifted and rescaled references, again with the reference absent, and with the clean
 crop itself as an aligned reference (a diagnostic: what a branch takes from a perfect one).
-``--sigma``, ``--steps`` and ``--reference-dropout`` change the setting for every variant alike. ``--cost`` prints
+``--sigma``, ``--steps`` and ``--reference-dropout`` change the setting for every variant alike; ``--seeds N``
+repeats everything N times from seeds 0..N-1 and prints means and spreads. ``--cost`` prints
 the reference components' parameters and MACs (restore.model.summary) for the ``base`` preset at
 128² and 256², and the forward time of the backbone and of each branch measured in one run.
 """
@@ -158,23 +159,39 @@ def train_variant(variant: str, settings: Settings, val: tuple[torch.Tensor, ...
             "psnr_aligned": evaluate(model, lq, gt, gt)}
 
 
-def experiment(settings: Settings, variants: list[str]) -> None:
+def _spread(values: list[float]) -> str:
+    """Mean, and the standard deviation over seeds when there are several."""
+    mean = float(np.mean(values))
+    return f"{mean:+.2f}" if len(values) == 1 else f"{mean:+.2f} ± {float(np.std(values, ddof=1)):.2f}"
+
+
+def experiment(settings: Settings, variants: list[str], seeds: int) -> None:
+    """Every variant trained and scored once per seed (seed k: its own initialisation, batches
+    and validation crops, the same for every variant); PSNRs are means over seeds, gains are
+    paired within a seed."""
     torch.set_num_threads(1)
-    val = validation_set(settings)
-    noisy = float(psnr(val[0].clamp(0, 1), val[1]).mean())
-    results = {}
-    for variant in variants:
-        results[variant] = train_variant(variant, settings, val)
-    print(f"settings: {asdict(settings)}")
-    print(f"validation: {val[0].shape[0]} crops of {settings.val_photos} held-out photos, noisy input {noisy:.2f} dB")
+    runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    noisy = []
+    for k in range(seeds):
+        seeded = replace(settings, seed=settings.seed + k)
+        val = validation_set(seeded)
+        noisy.append(float(psnr(val[0].clamp(0, 1), val[1]).mean()))
+        for variant in variants:
+            runs[variant].append(train_variant(variant, seeded, val))
+    print(f"settings: {asdict(settings)}, seeds {settings.seed}–{settings.seed + seeds - 1}")
+    print(f"validation: {settings.val_photos * settings.val_crops} crops of {settings.val_photos} held-out photos per "
+          f"seed, noisy input {np.mean(noisy):.2f} dB")
     print(f"| variant | params | GMACs at {settings.crop}² | train CPU s | PSNR, shifted+rescaled reference | "
-          f"gain over none | PSNR, no reference | PSNR, aligned clean reference (diagnostic) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    base = results.get("none", {}).get("psnr_ref")
-    for variant, r in results.items():
-        gain = f"{r['psnr_ref'] - base:+.2f}" if base is not None else "—"
-        print(f"| {variant} | {r['params']:,} | {r['gmacs']:.3f} | {r['cpu_s']:.0f} | {r['psnr_ref']:.2f} | {gain} | "
-              f"{r['psnr_no_ref']:.2f} | {r['psnr_aligned']:.2f} |")
+          f"gain over none | PSNR, no reference | what the reference adds | PSNR, aligned clean reference "
+          f"(diagnostic) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = runs.get("none")
+    for variant, rs in runs.items():
+        mean = {key: float(np.mean([r[key] for r in rs])) for key in rs[0]}
+        gain = _spread([r["psnr_ref"] - b["psnr_ref"] for r, b in zip(rs, base)]) if base else "—"
+        adds = _spread([r["psnr_ref"] - r["psnr_no_ref"] for r in rs])
+        print(f"| {variant} | {rs[0]['params']:,} | {rs[0]['gmacs']:.3f} | {mean['cpu_s']:.0f} | "
+              f"{mean['psnr_ref']:.2f} | {gain} | {mean['psnr_no_ref']:.2f} | {adds} | {mean['psnr_aligned']:.2f} |")
 
 
 def cost(sizes: list[int], reps: int) -> None:
@@ -213,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-dropout", type=float, default=Settings.reference_dropout,
                         help="share of training samples without their reference (restore.train's prior_dropout)")
     parser.add_argument("--variants", type=lambda v: v.split(","), default=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train and score every variant this many times, seeds 0..N-1 (mean ± sd)")
     parser.add_argument("--cost", action="store_true", help="print MACs and forward times instead of training")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[128, 256])
     parser.add_argument("--reps", type=int, default=2, help="--cost: timed forward passes per branch and size")
@@ -224,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         cost(args.sizes, args.reps)
     else:
         experiment(Settings(steps=args.steps, sigma=args.sigma, reference_dropout=args.reference_dropout),
-                   args.variants)
+                   args.variants, args.seeds)
 
 
 if __name__ == "__main__":
