@@ -2,14 +2,15 @@
 no-prior backbone, measured in the same run (and, given a checkout, a public Restormer too).
 
     python -m bench.model                                  # CPU, base at 128², 5 reps, 1 thread
+    python -m bench.model --train                          # CPU training steps instead of forward passes
     python -m bench.model --restormer-repo ~/src/Restormer # + Restormer's own arch file
     python -m bench.model --device cuda                    # bf16 fwd+bwd throughput and MFU, 128² and 256²
     python -m bench.model --device cuda --compile          # + each variant under torch.compile
 
 CPU times interleave the variants rep by rep (a shared machine's load then hits all alike) and
 report the best of the reps. Peak memory is measured for each variant in a fresh process: the
-kernel's peak-RSS counter is reset after the model and inputs exist, so the number is what one
-forward pass adds; glibc is told to hand every large block back to the kernel on free, so the
+kernel's peak-RSS counter is reset after the model, its inputs and a warm-up step exist, so the
+number is what one step adds; glibc is told to hand every large block back to the kernel on free, so the
 RSS follows the live tensors instead of the allocator's cache. Restormer's arch file is imported
 from the given checkout at run time (it needs ``einops``); nothing of it is copied here.
 
@@ -110,32 +111,51 @@ def _rss_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def peak_forward_memory(variant: str, preset_name: str, size: int, batch: int, threads: int,
-                        restormer_repo: Path | None) -> float:
-    """MiB that one forward pass adds to the process at its peak (run in a fresh process)."""
-    torch.set_num_threads(threads)
-    model, lq, priors = build(variant, preset_name, size, batch, restormer_repo)
-    model.eval()
-    with torch.inference_mode():
-        before = _rss_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
-        forward(model, lq, priors)
-        return (_rss_kib("VmHWM") - before) / 1024
+def cpu_step(model: nn.Module, lq: torch.Tensor, priors: Priors | None,
+             optimizer: torch.optim.Optimizer | None) -> None:
+    """One timed CPU step: a forward pass without autograd, or, given an optimizer, an fp32 L1
+    training step (forward, backward, AdamW) against a fixed target."""
+    if optimizer is None:
+        with torch.inference_mode():
+            forward(model, lq, priors)
+        return
+    loss = forward(model, lq, priors).abs().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _cpu_model(variant: str, args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, Priors | None,
+                                                                   torch.optim.Optimizer | None]:
+    model, lq, priors = build(variant, args.preset, args.size, args.batch, args.restormer_repo)
+    model.train(args.train)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if args.train else None
+    return model, lq, priors, optimizer
+
+
+def peak_step_memory(variant: str, args: argparse.Namespace) -> float:
+    """MiB that one step adds to the process at its peak (run in a fresh process, after a warm-up
+    step, so a training step's optimizer state already exists)."""
+    torch.set_num_threads(args.threads)
+    model, lq, priors, optimizer = _cpu_model(variant, args)
+    cpu_step(model, lq, priors, optimizer)
+    before = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter (VmHWM)
+    cpu_step(model, lq, priors, optimizer)
+    return (_rss_kib("VmHWM") - before) / 1024
 
 
 def cpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
     torch.set_num_threads(args.threads)
-    built = {v: build(v, args.preset, args.size, args.batch, args.restormer_repo) for v in variants}
+    built = {v: _cpu_model(v, args) for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
-    with torch.inference_mode():
-        for model, lq, priors in built.values():
-            model.eval()
-            forward(model, lq, priors)  # warm-up: first calls pick kernels
-        for _ in range(args.reps):
-            for variant, (model, lq, priors) in built.items():
-                start = time.perf_counter()
-                forward(model, lq, priors)
-                times[variant].append(time.perf_counter() - start)
+    for parts in built.values():
+        cpu_step(*parts)  # warm-up: first calls pick kernels
+    for _ in range(args.reps):
+        for variant, parts in built.items():
+            start = time.perf_counter()
+            cpu_step(*parts)
+            times[variant].append(time.perf_counter() - start)
     params = {v: count_parameters(built[v][0]) for v in variants}
     del built
     # Read by the children's glibc at start-up: blocks over 64 KiB are mmapped and unmapped on free.
@@ -144,11 +164,11 @@ def cpu_bench(args: argparse.Namespace, variants: list[str]) -> None:
     memory = {}
     for variant in variants:
         with context.Pool(1) as pool:
-            memory[variant] = pool.apply(peak_forward_memory, (variant, args.preset, args.size, args.batch,
-                                                               args.threads, args.restormer_repo))
+            memory[variant] = pool.apply(peak_step_memory, (variant, args))
+    step = "fp32 training steps (forward, backward, AdamW)" if args.train else "forward passes"
     print(f"CPU, {args.threads} thread(s), preset {args.preset}, batch {args.batch} at {args.size}², "
-          f"best of {args.reps} forward passes")
-    print("| variant | params (M) | forward (s) | peak forward memory (MiB) |")
+          f"best of {args.reps} {step}")
+    print("| variant | params (M) | step (s) | peak step memory (MiB) |")
     print("|---|---:|---:|---:|")
     for variant in variants:
         print(f"| {variant} | {params[variant] / 1e6:.2f} | {min(times[variant]):.3f} "
@@ -228,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (1 by default: steadier timings on a shared machine)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--train", action="store_true",
+                        help="CPU: time fp32 training steps (forward, backward, AdamW) instead of forward passes")
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[128, 256],
                         help="GPU: patch sizes, comma-separated")
     parser.add_argument("--compile", action="store_true", help="GPU: also time each variant under torch.compile")
