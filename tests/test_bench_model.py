@@ -1,4 +1,4 @@
-"""bench/model.py's FLOP count, GPU peaks and MFU."""
+"""bench/model.py's CPU steps, FLOP count, GPU peaks and MFU."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.model import build, mfu, peak_tflops, training_flops
+from bench.model import build, cpu_step, mfu, peak_tflops, training_flops
 from restore.model.summary import summarize
 
 
@@ -38,3 +38,12 @@ def test_gpu_peaks_by_name_and_by_hand():
 def test_mfu_is_the_flops_done_a_second_over_the_peak():
     # 40 images/s in steps of 8 is 5 steps/s; 5 x 3 TFLOP = 15 TFLOP/s of a 100 TFLOP/s peak.
     assert mfu(3e12, 40.0, 8, 100.0) == pytest.approx(0.15)
+
+
+def test_a_cpu_training_step_updates_the_weights_and_a_forward_step_does_not():
+    model, lq, priors = build("all priors", "tiny", 16, 1, None)
+    before = [p.detach().clone() for p in model.parameters()]
+    cpu_step(model.eval(), lq, priors, None)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    cpu_step(model.train(), lq, priors, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
