@@ -114,7 +114,7 @@ def _rss_kib(field: str) -> int:
 def cpu_step(model: nn.Module, lq: torch.Tensor, priors: Priors | None,
              optimizer: torch.optim.Optimizer | None) -> None:
     """One timed CPU step: a forward pass without autograd, or, given an optimizer, an fp32 L1
-    training step (forward, backward, AdamW) against a fixed target."""
+    training step (forward, backward, AdamW) towards an all-zero target."""
     if optimizer is None:
         with torch.inference_mode():
             forward(model, lq, priors)
