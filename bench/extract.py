@@ -93,14 +93,14 @@ def same_shards(a: Path, b: Path, count: int) -> bool:
 
 
 def start_ray(num_cpus: int | None) -> float:
-    """Start a local Ray and wait until its workers take tasks; returns the seconds it took.
-    ``ray.init`` returns while the workers it starts are still importing (about a second here):
-    a cluster job finds them running."""
+    """Start a local Ray and wait until it has run one task per CPU at once; returns the seconds
+    it took. ``ray.init`` returns while the workers it prestarts are still importing (about a
+    second here): a cluster job finds them running."""
     import ray
 
     start = time.perf_counter()
     ray.init(num_cpus=num_cpus, log_to_driver=False)
-    @ray.remote(num_cpus=0)
+    @ray.remote(num_cpus=1)
     def ready() -> None:
         return None
 
@@ -136,7 +136,7 @@ def main() -> None:
         import ray
 
         # Ray's start is timed apart: a cluster job finds Ray running, and on a small run its
-        # start (tens of seconds on 2 cores) would hide what the pipeline itself costs.
+        # start (6–9 s on 2 cores) would hide what the pipeline itself costs.
         ray_start = start_ray(args.num_cpus)
         start = time.perf_counter()
         index = extract.extract(small, str(Path(tmp) / "out"), config)
@@ -151,7 +151,8 @@ def main() -> None:
     print(f"samples: {n} ({args.samples} images × {args.repeat}), preset: {args.preset}, batch size: {args.batch_size}")
     print(f"plain loop: {loop_time:.1f} s  ({n / loop_time:.2f} samples/s; {loop_before:.1f} s before the pipeline, "
           f"{loop_after:.1f} s after), a fresh process each, models loaded once, torch and BLAS on 1 thread")
-    print(f"shards: {len(index['shards'])}, the same bytes from the loop and the pipeline: {'yes' if same else 'NO'}")
+    print(f"shards: {len(index['shards'])} ({index['samples']} samples ok, {index['failed']} failed), the same bytes "
+          f"from the loop and the pipeline: {'yes' if same else 'NO'}")
     print(f"ray pipeline: {pipe_time:.1f} s  ({n / pipe_time:.2f} samples/s), actor loading included; "
           f"Ray's start {ray_start:.1f} s apart")
     print(f"ratio pipeline/loop: {loop_time / pipe_time:.2f}  (target ≥ 1.0); with Ray's start: "
@@ -159,6 +160,8 @@ def main() -> None:
     total = sum(v for k, v in loop_split.items() if k != "load") or 1.0
     print("plain loop time split: load {:.1f} s; ".format(loop_split["load"]) + ", ".join(
         f"{k} {v / total:.0%}" for k, v in loop_split.items() if k != "load"))
+    if not same:
+        raise SystemExit("the loop and the pipeline wrote different shard bytes: the ratio compares different jobs")
 
 
 if __name__ == "__main__":

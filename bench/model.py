@@ -1,4 +1,4 @@
-"""What the priors cost: forward time and peak memory of the restorer with all priors against the
+"""What the priors cost: step time and peak memory of the restorer with all priors against the
 no-prior backbone, measured in the same run (and, given a checkout, a public Restormer too).
 
     python -m bench.model                                  # CPU, base at 128², 5 reps, 1 thread

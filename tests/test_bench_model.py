@@ -40,10 +40,16 @@ def test_mfu_is_the_flops_done_a_second_over_the_peak():
     assert mfu(3e12, 40.0, 8, 100.0) == pytest.approx(0.15)
 
 
-def test_a_cpu_training_step_updates_the_weights_and_a_forward_step_does_not():
+def test_a_cpu_training_step_lowers_its_loss_and_a_forward_step_changes_nothing():
     model, lq, priors = build("all priors", "tiny", 16, 1, None)
     before = [p.detach().clone() for p in model.parameters()]
     cpu_step(model.eval(), lq, priors, None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    cpu_step(model.train(), lq, priors, torch.optim.AdamW(model.parameters(), lr=1e-3))
-    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with torch.no_grad():
+        start = model(lq, priors).abs().mean()
+    for _ in range(5):
+        cpu_step(model, lq, priors, optimizer)
+    with torch.no_grad():
+        assert model(lq, priors).abs().mean() < 0.9 * start  # the L1 the steps take, towards zeros
