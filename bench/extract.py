@@ -57,8 +57,8 @@ def plain_loop(manifest_path: str, out: str, config: extract_config.ExtractConfi
     work, _ = extract.plan_work(manifest.count_rows(manifest_path), Path(out), config.samples_per_shard, False)
     for w in work:
         t = time.perf_counter()
-        rows = extract.read_shard_rows({"shard": w.shard, "start": w.start, "stop": w.stop, "only_keys": ""},
-                                       manifest_path)
+        (whole,) = extract.block_descriptors([w], w.rows)  # the shard's rows as one block
+        rows = extract.read_shard_rows(whole, manifest_path)
         seconds["read"] += time.perf_counter() - t
         for i in range(0, len(rows), batch_size):
             batch = {k: [r[k] for r in rows[i:i + batch_size]] for k in rows[0]}
