@@ -50,8 +50,7 @@ def plain_loop(manifest_path: str, out: str, config: extract_config.ExtractConfi
     seconds: dict[str, float] = defaultdict(float)
     t = time.perf_counter()
     # The same stages, built the same way, as the pipeline runs for this preset.
-    commits = extract.model_commits(config)
-    config_hash = config.output_hash(sha256_file(manifest_path), commits)
+    commits, config_hash = extract.run_identity(config, manifest_path)
     steps = [(step.name, step.build()) for step in extract.stage_plan(config, extract.pinned_models(config, commits))]
     seconds["load"] = time.perf_counter() - t
     work, _ = extract.plan_work(manifest.count_rows(manifest_path), Path(out), config.samples_per_shard, False)

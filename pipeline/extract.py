@@ -363,6 +363,13 @@ def model_commits(config: ExtractConfig) -> dict[str, str]:
     return commits
 
 
+def run_identity(config: ExtractConfig, manifest_path: str) -> tuple[dict[str, str], str]:
+    """The commits the run's models resolve to and the output hash they enter (with the config and
+    the manifest's bytes): what decides whether an ``--out`` folder's shards can be resumed."""
+    commits = model_commits(config)
+    return commits, config.output_hash(sha256_file(manifest_path), commits)
+
+
 def pinned_models(config: ExtractConfig, commits: dict[str, str]) -> Any:
     """The preset's models, each Hub model at the commit resolved for the hash: workers load exactly
     those weights even if a branch moves during the run."""
@@ -455,8 +462,7 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
     out = Path(out_dir)
     num_rows = manifest.count_rows(manifest_path)
     _check_installed(config)
-    commits = model_commits(config)
-    config_hash = config.output_hash(sha256_file(manifest_path), commits)
+    commits, config_hash = run_identity(config, manifest_path)
     _check_config(out, config, config_hash, manifest_path, commits)
     work, shard_count = plan_work(num_rows, out, config.samples_per_shard, retry_failed)
     todo_rows = sum(w.rows for w in work)
