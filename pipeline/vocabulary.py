@@ -120,25 +120,41 @@ def _phrase_patterns() -> list[tuple[re.Pattern[str], str]]:
 
 
 _PATTERNS = _phrase_patterns()
-_NEGATION = re.compile(r"\b(?:no|not|never|without|free of|none)\b|n['’]t\b")
-# Where a negation's reach ends: clause punctuation or a contrast word. Without the contrast words
-# "not blurry but very noisy" would cancel the noise the sentence asserts.
-_REACH_END = re.compile(r"[.,;:!?\n]|\b(?:but|however|although|though|yet|while)\b")
+_NEGATION = re.compile(r"\b(?:no|not|never|without|free of|free from|none|neither|nor|lacks?|lacking|absence of)\b"
+                       r"|n['’]t\b")
+# Words that assert a degradation's presence: after a comma or a conjunction they start a new claim
+# ("no noise and heavy rain" asserts the rain).
+_ASSERTING = r"(?:heavy|strong|severe|significant|noticeable|visible|obvious|prominent|considerable|mild|moderate|" \
+             r"slight|slightly|some|light|lots of|a lot of|very)"
+# Where a negation's reach ends for certain: clause punctuation, a contrast word, or a new claim.
+# Without the contrast words "not blurry but very noisy" would cancel the noise the sentence asserts.
+_REACH_END = re.compile(r"[.;:!?\n]|\b(?:but|however|although|though|yet|while)\b"
+                        rf"|(?:,|\b(?:and|with|plus|or)\b)\s+{_ASSERTING}\b")
+# A negated list closes with "or"/"nor" ("no noise, blur, or compression artifacts"): only then
+# does a comma keep the negation going; otherwise it ends it ("no noise, rain streaks visible").
+_LIST_CLOSE = re.compile(r"\b(?:or|nor)\b")
 
 
-def _negated(before: str) -> bool:
-    """Whether a negation governs the phrase that follows ``before`` (the text up to the phrase)."""
-    ends = [m.end() for m in _REACH_END.finditer(before)]
-    return bool(_NEGATION.search(before[ends[-1] if ends else 0:]))
+def _negated(text: str, start: int) -> bool:
+    """Whether a negation governs the phrase at ``text[start:]``."""
+    ends = [m.end() for m in _REACH_END.finditer(text, 0, start)]
+    reach = ends[-1] if ends else 0
+    after = _REACH_END.search(text, start)
+    clause_rest = text[start: after.start() if after else len(text)]
+    commas = [i + 1 for i in range(reach, start) if text[i] == ","]
+    if commas and not _LIST_CLOSE.search(text[commas[-1]:start] + clause_rest):
+        reach = commas[-1]
+    return bool(_NEGATION.search(text, reach, start))
 
 
 def text_to_types(text: str) -> list[str]:
     """Map free text ("a dark, grainy photo with some rain") onto canonical types.
 
     Types are returned in order of first mention. A phrase a negation governs ("no noise", "without
-    blur", "isn't noisy") is not counted; the negation reaches to the end of its clause or to a
-    contrast word, so "not blurry but very noisy" is ``["noise"]`` and "no noise, heavy rain" is
-    ``["rain"]``. Text naming nothing known maps to ``[]`` — the caller decides whether that means
+    blur", "isn't noisy") is not counted; the negation reaches to the end of its clause, to a
+    contrast word or to a new claim, so "not blurry but very noisy" is ``["noise"]`` and "no noise,
+    heavy rain" is ``["rain"]``; across commas only through a list closed by "or"/"nor", so "no
+    noise, blur, or compression artifacts" is ``[]``. Text naming nothing known maps to ``[]`` — the caller decides whether that means
     clean or unknown.
     """
     lowered = text.lower()
@@ -150,7 +166,7 @@ def text_to_types(text: str) -> list[str]:
                 continue
             for i in range(m.start(), m.end()):
                 consumed[i] = True
-            if dtype != "clean" and _negated(lowered[: m.start()]):
+            if dtype != "clean" and _negated(lowered, m.start()):
                 continue
             found.append((m.start(), dtype))
     found.sort()

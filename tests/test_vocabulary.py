@@ -44,3 +44,15 @@ def test_a_negation_cancels_only_the_phrase_it_governs():
     # Within its clause a negation governs every phrase it lists.
     assert v.text_to_types("free of noise or blur") == []
     assert v.text_to_types("The image is not blurry. It is very noisy") == ["noise"]
+
+
+def test_a_negated_list_cancels_every_item_and_a_new_claim_ends_it():
+    # An MLLM asked what is wrong answers a clean image this way: nothing may be counted.
+    assert v.text_to_types("There is no noise, blur, or compression artifacts.") == []
+    assert v.text_to_types("The image is neither blurry nor noisy.") == []
+    assert v.text_to_types("free from noise and blur") == []
+    assert v.text_to_types("The image lacks noise but has heavy fog") == ["haze"]
+    assert v.text_to_types("The photo shows heavy rain and no noise, blur, or haze.") == ["rain"]
+    # A comma without a closing "or"/"nor", or a degree word after a conjunction, starts a claim.
+    assert v.text_to_types("no haze, rain streaks visible") == ["rain"]
+    assert v.text_to_types("no noise and heavy rain") == ["rain"]
