@@ -57,7 +57,7 @@ class ExtractError(Exception):
 @dataclass(frozen=True)
 class ShardWork:
     """One shard to (re)write this run: its rows as a range of the manifest, and for a retried
-    shard the keys of its failed rows (the only ones processed again)."""
+    shard the keys of its failed rows (the only ones processed again), a key once per row it has."""
 
     shard: int
     start: int
@@ -83,8 +83,13 @@ def plan_work(num_rows: int, out: Path, samples_per_shard: int, retry_failed: bo
         if shard not in done:
             work.append(ShardWork(shard, start, stop))
         elif retry_failed and shards.read_stats(out, shard)["failed"]:
-            failed = sorted(s.key for s in shards.read_status(out, shard) if s.status == "error")
-            work.append(ShardWork(shard, start, stop, tuple(failed)))
+            status = shards.read_status(out, shard)
+            # A key that has a good sample is done: its other rows failed as duplicates of it, and
+            # would again. A failed key is read once per row it has (two rows: two rows back).
+            good = {s.key for s in status if s.status == "ok"}
+            failed = sorted(s.key for s in status if s.status == "error" and s.key not in good)
+            if failed:
+                work.append(ShardWork(shard, start, stop, tuple(failed)))
     return work, len(planned)
 
 
@@ -111,6 +116,7 @@ def read_shard_rows(descriptor: dict[str, Any], manifest_path: str) -> list[dict
     groups = [g for g in range(meta.num_row_groups) if bounds[g] < stop and bounds[g + 1] > start]
     table = parquet.read_row_groups(groups, columns=manifest.SCHEMA.names)
     table = table.slice(start - bounds[groups[0]], stop - start)
+    table = table.append_column(shard_assembly.MANIFEST_ROW, pa.array(range(start, stop), pa.int64()))
     if descriptor["only_keys"]:
         table = table.filter(pc.is_in(table["key"], pa.array(json.loads(descriptor["only_keys"]), pa.string())))
     rows = table.to_pylist()

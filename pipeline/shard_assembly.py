@@ -49,6 +49,9 @@ STAGE_NAMES = ("decode", "analysis", "describer", "reference", "clip")
 MODEL_ROLES = ("describer", "captioner", "reference", "clip")
 # The columns a worker hands back to the driver per row: nothing that grows with the image.
 STATUS_COLUMNS = ("key", "shard", stages.ERROR, stages.FAILED_STAGE, *(f"t_{s}" for s in STAGE_NAMES))
+# Each row's position in the manifest, carried from the reading to the parts: of two rows with one
+# key, the earlier one is the sample whichever block finishes first.
+MANIFEST_ROW = "manifest_row"
 
 
 def parts_dir(out: Path, shard: int) -> Path:
@@ -65,14 +68,23 @@ def _provenance(row: dict, config_hash: str) -> dict:
     }
 
 
+def _manifest_value(row: dict, column: str, parse: Any) -> Any:
+    """A manifest column's value parsed, or a SampleFormatError naming the column and the value
+    (the manifest may come from anywhere: a null or a malformed value fails its row, not the job)."""
+    try:
+        return parse(row[column])
+    except (TypeError, ValueError) as e:
+        raise SampleFormatError(row["key"], META, f"manifest column {column!r} holds {row[column]!r:.80}: {e}") from None
+
+
 def to_record(row: dict, config_hash: str) -> dict:
     """The webdataset record of a finished row (raises SampleFormatError if it breaks the format)."""
     meta = SampleMeta(
         key=row["key"], dataset=row["dataset"], split=row["split"], task=row["task"],
-        width=int(row["width"]), height=int(row["height"]),
+        width=_manifest_value(row, "width", int), height=_manifest_value(row, "height", int),
         source={"lq": row["lq_uri"], "gt": row["gt_uri"] or None, "lq_sha256": row["lq_sha256"],
                 "gt_sha256": row["gt_sha256"] or None},
-        degradations=json.loads(row["params"]), degradation_text=row["degradation_text"],
+        degradations=_manifest_value(row, "params", json.loads), degradation_text=row["degradation_text"],
         degradation_types=stages.merge_types(row["degradation_text"], row["analysis"]),
         caption=row["caption"], analysis=json.loads(row["analysis"]) if row["analysis"] else None,
         provenance=_provenance(row, config_hash),
@@ -85,6 +97,12 @@ def to_record(row: dict, config_hash: str) -> dict:
     return encode_record(meta, pngs, row.get("npz") or None)
 
 
+def _duplicate(entry: dict, first: int) -> dict:
+    """A part's status entry failed as a repeat of the key of manifest row ``first``."""
+    return {**entry, "status": "error", "stage": "write",
+            "error": f"write: duplicate key in the manifest (row {entry[MANIFEST_ROW]} repeats row {first})"}
+
+
 def write_parts(batch: dict[str, Any], out: str, config_hash: str) -> dict[str, list]:
     """Ray Data stage: write the batch's rows as one part per shard; return their status rows."""
     n = len(batch["key"])
@@ -93,16 +111,24 @@ def write_parts(batch: dict[str, Any], out: str, config_hash: str) -> dict[str, 
     for row in rows:
         by_shard[int(row["shard"])].append(row)
     for shard, shard_rows in by_shard.items():
-        records, status, seconds = [], [], defaultdict(float)
-        for row in shard_rows:
+        records, status, seconds, first = [], [], defaultdict(float), {}
+        for row in sorted(shard_rows, key=lambda r: int(r[MANIFEST_ROW])):
             for stage in STAGE_NAMES:
                 seconds[stage] += float(row.get(f"t_{stage}", 0.0) or 0.0)
+            entry = {"key": row["key"], "shard": shard, MANIFEST_ROW: int(row[MANIFEST_ROW])}
+            if row["key"] in first:
+                # Only the first row of a key may leave a record in the part (``assemble`` settles
+                # repeats across parts the same way).
+                status.append(_duplicate(entry, first[row["key"]]))
+                row[stages.ERROR], row[stages.FAILED_STAGE] = status[-1]["error"], "write"
+                continue
+            first[row["key"]] = entry[MANIFEST_ROW]
             if not row[stages.ERROR]:
                 try:
                     records.append(to_record(row, config_hash))
                 except SampleFormatError as e:
                     row[stages.ERROR], row[stages.FAILED_STAGE] = f"write: {e}", "write"
-            status.append({"key": row["key"], "shard": shard, "status": "error" if row[stages.ERROR] else "ok",
+            status.append({**entry, "status": "error" if row[stages.ERROR] else "ok",
                            "stage": row[stages.FAILED_STAGE], "error": row[stages.ERROR]})
         folder = parts_dir(Path(out), shard)
         folder.mkdir(parents=True, exist_ok=True)
@@ -148,25 +174,34 @@ def assemble(out: str, shard: int, config_hash: str, retried: bool) -> dict[str,
     seconds: dict[str, float] = defaultdict(float)
     with ExitStack() as stack:
         if retried:
+            # Every row of a key with a good sample is kept (``plan_work`` retries the others).
             earlier = shards.read_status(folder, shard)
-            status += [s for s in earlier if s.status == "ok"]
-            kept = {s.key for s in status}
+            kept = {s.key for s in earlier if s.status == "ok"}
+            status += [s for s in earlier if s.key in kept]
             tar = stack.enter_context(tarfile.open(folder / shards.tar_name(shard)))
             members += shards.tar_members(tar, keep=kept.__contains__)
-        seen = {s.key for s in status}
+        parts = []
         for part in sorted(parts_dir(folder, shard).glob("*.json")):
             info = json.loads(part.read_text())
-            tar = stack.enter_context(tarfile.open(part.with_suffix(".tar")))
-            fresh = {r["key"] for r in info["status"] if r["key"] not in seen}
-            members += shards.tar_members(tar, keep=fresh.__contains__)
-            for r in info["status"]:
-                if r["key"] in seen:
-                    # Two manifest rows with one key would collide in the tar: the first one stays.
-                    r = {**r, "status": "error", "stage": "write", "error": "write: duplicate key in the manifest"}
-                seen.add(r["key"])
-                status.append(shards.StatusRow(**r))
+            parts.append((stack.enter_context(tarfile.open(part.with_suffix(".tar"))), info["status"]))
             for stage, t in info["seconds"].items():
                 seconds[stage] += t
+        # Two manifest rows with one key would collide in the tar: the earlier row is the sample
+        # (or the failure) and the later ones fail as repeats, in whatever parts they landed.
+        # (A retry reads only keys without a good sample: none of them is among those kept.)
+        first: dict[str, int] = {}
+        winners: dict[int, set[str]] = defaultdict(set)  # per part, the keys whose sample it holds
+        for entry, p in sorted(((e, p) for p, (_, part_status) in enumerate(parts) for e in part_status),
+                               key=lambda ep: ep[0][MANIFEST_ROW]):
+            if entry["key"] in first:
+                entry = _duplicate(entry, first[entry["key"]])
+            else:
+                first[entry["key"]] = entry[MANIFEST_ROW]
+                if entry["status"] == "ok":
+                    winners[p].add(entry["key"])
+            status.append(shards.StatusRow(**{k: v for k, v in entry.items() if k != MANIFEST_ROW}))
+        for p, (tar, _) in enumerate(parts):
+            members += shards.tar_members(tar, keep=winners[p].__contains__)
         ok = {s.key for s in status if s.status == "ok"}
         extra = {"config_hash": config_hash, "stage_seconds": dict(seconds), "finished": time.time(),
                  "writer": _writer(), **_first_sample_facts(members, ok)}

@@ -150,6 +150,47 @@ def test_retry_failed_reprocesses_only_failed_rows(tmp_path, rain_manifest, ray_
     assert sorted(_keys(out)) == sorted(r["key"] for r in rows)
 
 
+def test_repeated_keys_and_malformed_rows_fail_alone_and_retry_cleanly(tmp_path, rain_manifest, ray_local):
+    rain = manifest.read(rain_manifest)
+    missing = tmp_path / "missing.png"
+    row = lambda key, i, **kw: {**rain[i], "key": key, **kw}  # noqa: E731
+    # Written in this order (not sorted by key): blocks of 2 rows, shards of 4.
+    rows = [row("a", 0), row("b", 1), row("b", 2),  # "b" again in the next block: the first row stays
+            row("c", 3),
+            {**row("d", 4), "lq_uri": str(missing), "lq_sha256": ""}, row("d", 5),  # the first "d" fails
+            row("e", 6), row("f", 7),
+            row("g", 0, params=None), row("h", 1, params="{not json")]
+    path = str(tmp_path / "m.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=manifest.SCHEMA), path)
+    config = extract_config.load(None, {**SETS, "rows_per_block": "2"}, samples_per_shard=4, reference=False)
+    out = tmp_path / "out"
+    first = extract.extract(path, str(out), config)
+
+    def status() -> list[tuple[str, str, str]]:
+        return [(s.key, s.status, s.error) for i in range(3) for s in shards.read_status(out, i)]
+
+    assert (first["samples"], first["failed"]) == (5, 5)
+    errors = [(k, e) for k, st, e in status() if st == "error"]
+    assert errors[:3] == [("b", "write: duplicate key in the manifest (row 2 repeats row 1)"),
+                          ("d", errors[1][1]), ("d", "write: duplicate key in the manifest (row 5 repeats row 4)")]
+    assert "cannot read file" in errors[1][1] and str(missing) in errors[1][1]
+    assert [k for k, _ in errors[3:]] == ["g", "h"] and all("manifest column 'params'" in e for _, e in errors[3:])
+    records = shards.read_records(out / shards.tar_name(0))
+    assert decode_rgb(records["b"][sf.LQ], "b").pixels.tobytes() == \
+        decode_rgb(Path(rain[1]["lq_uri"]).read_bytes(), "lq").pixels.tobytes()
+
+    shutil.copy(rain[4]["lq_uri"], missing)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
+    retried = extract.extract(path, str(out), config, retry_failed=True)
+    assert (retried["samples"], retried["failed"]) == (6, 4)
+    assert [(k, st) for k, st, _ in status()][4:6] == [("d", "ok"), ("d", "error")]
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*_stats.json")}
+    # Shard 0's only failure repeats a good key: nothing to retry there.
+    assert sorted(n for n in after if after[n] != before[n]) == [shards.stats_name(1), shards.stats_name(2)]
+    # Retried again, only the malformed rows are read, and they fail the same way: nothing grows.
+    assert extract.extract(path, str(out), config, retry_failed=True) == retried
+
+
 def _run_cli(manifest_path: str, out: Path, sets: dict, *args: str, **popen) -> subprocess.Popen:
     flags = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     return subprocess.Popen([sys.executable, "-m", "pipeline.extract", "--manifest", manifest_path, "--out", str(out),
