@@ -511,6 +511,10 @@ def extract(manifest_path: str, out_dir: str, config: ExtractConfig, retry_faile
         report(running)
         if remaining:
             raise RuntimeError(f"shards {sorted(remaining)[:10]} did not receive all their rows; rerun to resume")
+        # Each assembly removed its shard's parts: only their empty parent is left.
+        parts = out / shard_assembly.PARTS
+        if parts.is_dir() and not any(parts.iterdir()):
+            parts.rmdir()
     elapsed = time.time() - start
     models = config.resolved_models()
     all_stats = [shards.read_stats(out, i) for i in range(shard_count)]

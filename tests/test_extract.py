@@ -169,7 +169,7 @@ def test_repeated_keys_and_malformed_rows_fail_alone_and_retry_cleanly(tmp_path,
     def status() -> list[tuple[str, str, str]]:
         return [(s.key, s.status, s.error) for i in range(3) for s in shards.read_status(out, i)]
 
-    assert (first["samples"], first["failed"]) == (5, 5)
+    assert (first["samples"], first["failed"]) == (5, 5) and not (out / "_parts").exists()
     errors = [(k, e) for k, st, e in status() if st == "error"]
     assert errors[:3] == [("b", "write: duplicate key in the manifest (row 2 repeats row 1)"),
                           ("d", errors[1][1]), ("d", "write: duplicate key in the manifest (row 5 repeats row 4)")]
