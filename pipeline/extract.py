@@ -383,7 +383,7 @@ def pinned_models(config: ExtractConfig, commits: dict[str, str]) -> Any:
     from pipeline.models.sources import COMMIT
 
     return presets.with_overrides(config.resolved_models(), {
-        f"{c}.revision": v for c, v in commits.items() if c in ("mllm", "diffusion", "clip") and COMMIT.fullmatch(v)})
+        f"{c}.revision": v for c, v in commits.items() if COMMIT.fullmatch(v)})
 
 
 def _check_config(out: Path, config: ExtractConfig, config_hash: str, manifest_path: str,

