@@ -457,6 +457,15 @@ def test_a_different_configuration_is_refused_in_the_same_folder(tmp_path, rain_
     (out / "config.json").write_text(json.dumps({"output_hash": "0123"}))
     with pytest.raises(extract.ExtractError, match="another configuration"):
         extract.extract(rain_manifest, str(out), extract_config.load())
+    # The same settings whose model resolved to another commit (the Hub branch moved): the
+    # folder's shards were made with other weights, and the message says which and how to resume.
+    config = extract_config.load()
+    commits, _ = extract.run_identity(config, rain_manifest)
+    earlier = {**commits, "mllm": "0" * 40}
+    (out / "config.json").write_text(json.dumps({"output_hash": "4567", "commits": earlier}))
+    with pytest.raises(extract.ExtractError, match=f"other model weights \\(mllm was {'0' * 40} and is now "
+                                                   f"{re.escape(commits['mllm'])}\\); pin models.<component>.revision"):
+        extract.extract(rain_manifest, str(out), config)
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float) -> None:
