@@ -266,6 +266,22 @@ def stage_plan(config: ExtractConfig, models: Any) -> list[Step]:
     return steps
 
 
+# Ray Data holds ~11 KB in the driver for every block (bench/RESULTS.md, extract_scale): past this
+# many blocks, blocks grow (up to a shard each) instead of the driver.
+MAX_BLOCKS = 20_000
+
+
+def block_rows(work: list[ShardWork], rows_per_block: int) -> int:
+    """The rows per block of this run: ``rows_per_block``, or more where the run would cut more than
+    ``MAX_BLOCKS`` blocks: each shard then gets an equal share of them (10M rows in shards of 1,000:
+    two blocks of 500, ~220 MB of driver memory instead of 3.4 GB). A block never spans shards, so
+    beyond ``MAX_BLOCKS`` shards a shard is one block."""
+    if not work:
+        return rows_per_block
+    per_shard = max(1, MAX_BLOCKS // len(work))
+    return max(rows_per_block, -(-max(w.stop - w.start for w in work) // per_shard))
+
+
 def block_descriptors(work: list[ShardWork], rows_per_block: int) -> list[dict[str, Any]]:
     """The blocks the stages pass along: each shard's range cut into pieces of ``rows_per_block``
     rows (a retried shard, whose failed keys are few, stays one piece). A block moves from stage to
@@ -286,7 +302,13 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    descriptors = block_descriptors(work, config.rows_per_block)
+    size = block_rows(work, config.rows_per_block)
+    descriptors = block_descriptors(work, size)
+    if size > config.rows_per_block:
+        print(f"blocks of up to {size} rows instead of rows_per_block={config.rows_per_block}: Ray Data holds "
+              f"~11 KB in the driver per block, and this run has {len(descriptors)} blocks"
+              + (f" (a block never spans shards: raise --samples-per-shard above {config.samples_per_shard} "
+                 f"for fewer)" if len(descriptors) > MAX_BLOCKS else ""))
     # One descriptor per block, in shard order: shards are read, processed and completed roughly in
     # order, so a run that stops early leaves whole shards behind rather than fragments of all.
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))

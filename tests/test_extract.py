@@ -219,6 +219,13 @@ def test_blocks_cut_each_shard_in_order_and_a_retried_shard_stays_one_block():
     assert json.loads(blocks[3]["only_keys"]) == ["k1", "k2"] and not blocks[0]["only_keys"]
     with pytest.raises(ValueError, match="rows_per_block=0"):
         extract_config.load(None, {"rows_per_block": "0"})
+    # Ten million rows in shards of 1,000: blocks grow so the driver holds at most MAX_BLOCKS.
+    huge = [extract.ShardWork(i, i * 1000, (i + 1) * 1000) for i in range(10_000)]
+    size = extract.block_rows(huge, 32)
+    assert size == 500 and len(extract.block_descriptors(huge, size)) == extract.MAX_BLOCKS
+    assert extract.block_rows(work, 32) == 32
+    odd = [extract.ShardWork(i, i * 1024, (i + 1) * 1024) for i in range(9766)]
+    assert len(extract.block_descriptors(odd, extract.block_rows(odd, 32))) <= extract.MAX_BLOCKS
 
 
 def test_consecutive_cpu_stages_run_as_one_chain_and_gpu_stages_keep_their_pools():
