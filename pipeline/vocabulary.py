@@ -120,42 +120,66 @@ def _phrase_patterns() -> list[tuple[re.Pattern[str], str]]:
 
 
 _PATTERNS = _phrase_patterns()
-_NEGATION = re.compile(r"\b(?:no|not|never|without|free of|free from|none|neither|nor|lacks?|lacking|absence of)\b"
-                       r"|n['’]t\b")
-# Words that assert a degradation's presence: after a comma or a conjunction they start a new claim
-# ("no noise and heavy rain" asserts the rain).
-_ASSERTING = r"(?:heavy|strong|severe|significant|noticeable|visible|obvious|prominent|considerable|mild|moderate|" \
-             r"slight|slightly|some|light|lots of|a lot of|very)"
-# Where a negation's reach ends for certain: clause punctuation, a contrast word, or a new claim.
-# Without the contrast words "not blurry but very noisy" would cancel the noise the sentence asserts.
+_NEGATION = re.compile(r"\b(?:no|not|never|without|free of|free from|none|neither|nor)\b|n['’]t\b")
+# Words that may stand before a degradation without changing what it names ("visible blur").
+_DEGREE_WORDS = ("heavy|strong|severe|significant|noticeable|visible|obvious|prominent|considerable|mild|moderate|"
+                 "slight|slightly|some|light|lots of|a lot of|very|any")
+_DEGREE = rf"(?:{_DEGREE_WORDS})"
+# Where a negation's reach ends for certain: clause punctuation, a contrast word, or a new claim
+# joined by "and"/"with" ("no noise and heavy rain" asserts the rain). Without the contrast words
+# "not blurry but very noisy" would cancel the noise the sentence asserts.
 _REACH_END = re.compile(r"[.;:!?\n]|\b(?:but|however|although|though|yet|while)\b"
-                        rf"|(?:,|\b(?:and|with|plus|or)\b)\s+{_ASSERTING}\b")
-# A negated list closes with "or"/"nor" ("no noise, blur, or compression artifacts"): only then
-# does a comma keep the negation going; otherwise it ends it ("no noise, rain streaks visible").
+                        rf"|\b(?:and|with|plus)\s+{_DEGREE}\b")
+_CONNECTOR = re.compile(rf"\b(?:or|nor|and|{_DEGREE_WORDS})\b")
 _LIST_CLOSE = re.compile(r"\b(?:or|nor)\b")
+# A piece that opens with a degree word makes a claim of its own ("no snow, slight fog or haze").
+_CLAIM = re.compile(rf"\s*{_DEGREE}\b")
+
+
+def _bare(piece: str) -> str:
+    """What is left of a comma-separated piece of text without its degradation phrases and the
+    connectors and degree words around them: nothing, for an item of a list ("or visible blur")."""
+    for pattern, _ in _PATTERNS:
+        piece = pattern.sub(" ", piece)
+    return _CONNECTOR.sub(" ", piece).strip()
 
 
 def _negated(text: str, start: int) -> bool:
-    """Whether a negation governs the phrase at ``text[start:]``."""
+    """Whether a negation governs the phrase at ``text[start:]``.
+
+    Within a clause, a negation reaches the phrases after it up to the first comma — and on across
+    commas through a list of degradation phrases joined by "or"/"nor" ("no noise, blur, or
+    compression artifacts"); a comma that starts anything else ends it ("no noise, the image is
+    blurry or out of focus" asserts the blur, "no snow, slight fog or haze" the haze)."""
     ends = [m.end() for m in _REACH_END.finditer(text, 0, start)]
-    reach = ends[-1] if ends else 0
+    clause_start = ends[-1] if ends else 0
+    cues = list(_NEGATION.finditer(text, clause_start, start))
+    if not cues:
+        return False
+    first_comma = text.find(",", cues[-1].end(), start)
+    if first_comma < 0:
+        return True
     after = _REACH_END.search(text, start)
-    clause_rest = text[start: after.start() if after else len(text)]
-    commas = [i + 1 for i in range(reach, start) if text[i] == ","]
-    if commas and not _LIST_CLOSE.search(text[commas[-1]:start] + clause_rest):
-        reach = commas[-1]
-    return bool(_NEGATION.search(text, reach, start))
+    # The list: the pieces after the cue's comma while each is only phrases, connectors and degree words.
+    pieces, at = [], first_comma + 1
+    for piece in text[at: after.start() if after else len(text)].split(","):
+        if _bare(piece) or _CLAIM.match(piece):
+            break
+        pieces.append((at, piece))
+        at += len(piece) + 1
+    in_list = bool(pieces) and start < pieces[-1][0] + len(pieces[-1][1])
+    return in_list and any(_LIST_CLOSE.search(piece) for _, piece in pieces)
 
 
 def text_to_types(text: str) -> list[str]:
     """Map free text ("a dark, grainy photo with some rain") onto canonical types.
 
     Types are returned in order of first mention. A phrase a negation governs ("no noise", "without
-    blur", "isn't noisy") is not counted; the negation reaches to the end of its clause, to a
-    contrast word or to a new claim, so "not blurry but very noisy" is ``["noise"]`` and "no noise,
-    heavy rain" is ``["rain"]``; across commas only through a list closed by "or"/"nor", so "no
-    noise, blur, or compression artifacts" is ``[]``. Text naming nothing known maps to ``[]`` — the caller decides whether that means
-    clean or unknown.
+    blur", "isn't noisy") is not counted. A negation reaches to the end of its clause, a contrast
+    word or a new claim, and across a comma only into a list of degradations joined by "or"/"nor"
+    (``_negated``): "not blurry but very noisy" is ``["noise"]``, "no noise, heavy rain" is
+    ``["rain"]``, "no noise, blur, or compression artifacts" is ``[]``. Text naming nothing known
+    maps to ``[]`` — the caller decides whether that means clean or unknown.
     """
     lowered = text.lower()
     consumed = [False] * len(lowered)

@@ -51,8 +51,15 @@ def test_a_negated_list_cancels_every_item_and_a_new_claim_ends_it():
     assert v.text_to_types("There is no noise, blur, or compression artifacts.") == []
     assert v.text_to_types("The image is neither blurry nor noisy.") == []
     assert v.text_to_types("free from noise and blur") == []
-    assert v.text_to_types("The image lacks noise but has heavy fog") == ["haze"]
+    assert v.text_to_types("There is no haze, noise, or visible rain streaks.") == []
+    assert v.text_to_types("There is no noise or visible blur.") == []
     assert v.text_to_types("The photo shows heavy rain and no noise, blur, or haze.") == ["rain"]
-    # A comma without a closing "or"/"nor", or a degree word after a conjunction, starts a claim.
+    # A comma ends the negation unless a list of degradations joined by "or"/"nor" follows it; a
+    # degree word after "and" or opening a piece starts a claim.
+    assert v.text_to_types("There is no noise, the image is blurry or out of focus.") == ["blur"]
+    assert v.text_to_types("Don't remove the grain, just remove the rain or haze") == ["rain", "haze"]
     assert v.text_to_types("no haze, rain streaks visible") == ["rain"]
+    assert v.text_to_types("Heavy rain, no snow, slight fog or haze") == ["rain", "haze"]
     assert v.text_to_types("no noise and heavy rain") == ["rain"]
+    # "Lacks" names a missing quality, as often as a missing degradation.
+    assert v.text_to_types("The image lacks sharpness and is blurry") == ["blur"]
