@@ -304,9 +304,9 @@ def build_dataset(work: list[ShardWork], manifest_path: str, out: Path, config: 
 
     size = block_rows(work, config.rows_per_block)
     descriptors = block_descriptors(work, size)
-    if size > config.rows_per_block:
-        print(f"blocks of up to {size} rows instead of rows_per_block={config.rows_per_block}: Ray Data holds "
-              f"~11 KB in the driver per block, and this run has {len(descriptors)} blocks"
+    if size > config.rows_per_block or len(descriptors) > MAX_BLOCKS:
+        print(f"blocks of up to {size} rows (rows_per_block={config.rows_per_block}): Ray Data holds ~11 KB in "
+              f"the driver per block, and this run has {len(descriptors)} blocks"
               + (f" (a block never spans shards: raise --samples-per-shard above {config.samples_per_shard} "
                  f"for fewer)" if len(descriptors) > MAX_BLOCKS else ""))
     # One descriptor per block, in shard order: shards are read, processed and completed roughly in

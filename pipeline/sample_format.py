@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.image_files import ImageError, decode_rgb, encode_png, png_size
+from pipeline.vocabulary import DEGRADATION_TYPES
 
 FORMAT_VERSION = 1
 
@@ -81,6 +82,17 @@ def make_key(dataset: str, split: str, relpath: str, variant: str = "") -> str:
     parts = [dataset, split, stem] + ([variant] if variant else [])
     readable = "_".join(_KEY_SAFE.sub("-", p).strip("-") for p in parts)
     return f"{readable[: MAX_KEY_LENGTH - 11]}_{digest}"
+
+
+def parse_degradations(text: str) -> list[dict[str, Any]]:
+    """A manifest's ``params`` column as ``SampleMeta.degradations``; ValueError unless it is a JSON
+    list of ``{"type": <vocabulary type>, "params": {...}}`` objects."""
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(
+            isinstance(d, dict) and set(d) == {"type", "params"} and d["type"] in DEGRADATION_TYPES
+            and isinstance(d["params"], dict) for d in value):
+        raise ValueError('not a JSON list of {"type": <vocabulary type>, "params": {...}} objects')
+    return value
 
 
 @dataclass

@@ -40,6 +40,7 @@ from pipeline.sample_format import (
     SampleFormatError,
     SampleMeta,
     encode_record,
+    parse_degradations,
 )
 
 PARTS = "_parts"
@@ -84,7 +85,7 @@ def to_record(row: dict, config_hash: str) -> dict:
         width=_manifest_value(row, "width", int), height=_manifest_value(row, "height", int),
         source={"lq": row["lq_uri"], "gt": row["gt_uri"] or None, "lq_sha256": row["lq_sha256"],
                 "gt_sha256": row["gt_sha256"] or None},
-        degradations=_manifest_value(row, "params", json.loads), degradation_text=row["degradation_text"],
+        degradations=_manifest_value(row, "params", parse_degradations), degradation_text=row["degradation_text"],
         degradation_types=stages.merge_types(row["degradation_text"], row["analysis"]),
         caption=row["caption"], analysis=json.loads(row["analysis"]) if row["analysis"] else None,
         provenance=_provenance(row, config_hash),

@@ -191,3 +191,14 @@ def test_token_rows_that_match_neither_the_length_nor_the_padding_are_refused():
     record = {**sf.encode_sample(sample), sf.EMBEDDINGS_MEMBER: _npz(**arrays)}
     with pytest.raises(sf.SampleFormatError, match=r"caption_tokens stores 10 rows; expected its caption_length \(7\) or 77"):
         sf.decode_sample(record)
+
+
+def test_manifest_params_must_be_a_list_of_typed_degradations():
+    good = '[{"type": "rain", "params": {"kind": "rain", "density": 0.01}}]'
+    assert sf.parse_degradations(good) == [{"type": "rain", "params": {"kind": "rain", "density": 0.01}}]
+    assert sf.parse_degradations("[]") == []
+    for bad in ('{"x": 1}', '[{"type": "fog", "params": {}}]', '[{"type": "rain"}]', '["rain"]'):
+        with pytest.raises(ValueError, match="vocabulary type"):
+            sf.parse_degradations(bad)
+    with pytest.raises(ValueError):
+        sf.parse_degradations("{not json")
